@@ -1,0 +1,61 @@
+"""Which implementation serves each stage protocol, per profile.
+
+A profile names one backend per kind; `POINTVID_<KIND>_BACKEND` overrides a single kind (e.g.
+`POINTVID_POINT_TRACKER_BACKEND=optical-flow`). Backends are imported and `setup()` only when a
+stage first asks for them, so a run that never tracks never loads a tracker. Synthetic clips always
+use the renderer's own masks and depth (see pipeline.py); these backends serve real video.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+from .pipeline import StageBackends
+
+BACKENDS: dict[str, dict[str, str]] = {
+    "object_extractor": {"lexical": "pointvid_pipeline.object_prompts:LexicalObjectExtractor"},
+    "segmenter": {"motion-grabcut": "pointvid_pipeline.reference_masks:MotionSegmenter"},
+    "depth_estimator": {"renderer": "pointvid_pipeline.depth:RendererDepth"},
+    "point_tracker": {"optical-flow": "pointvid_pipeline.tracking:OpticalFlowTracker"},
+}
+PROFILE_BACKENDS: dict[str, dict[str, str]] = {
+    "cpu": {"object_extractor": "lexical", "segmenter": "motion-grabcut", "depth_estimator": "renderer", "point_tracker": "optical-flow"},
+}
+
+
+def backend_name(kind: str, profile: str, environ=None) -> str:
+    env = os.environ if environ is None else environ
+    override = env.get(f"POINTVID_{kind.upper()}_BACKEND")
+    if override:
+        return override
+    if profile not in PROFILE_BACKENDS:
+        raise ValueError(f"profile {profile!r} has no backends in this version (available: {sorted(PROFILE_BACKENDS)}); the paper profile's GPU models are not implemented yet")
+    return PROFILE_BACKENDS[profile][kind]
+
+
+def create_backend(kind: str, name: str):
+    """Import, construct and set up one backend (loads its model, if any)."""
+    try:
+        target = BACKENDS[kind][name]
+    except KeyError:
+        raise ValueError(f"unknown {kind} backend {name!r}; known: {sorted(BACKENDS.get(kind, {}))}") from None
+    module, attribute = target.split(":")
+    backend = getattr(importlib.import_module(module), attribute)()
+    backend.setup()
+    return backend
+
+
+def lazy_backends(profile: str) -> StageBackends:
+    """StageBackends for plain-Python use (tests, benchmarks): each backend built on first use."""
+    cache: dict[str, object] = {}
+
+    def getter(kind: str):
+        def get():
+            if kind not in cache:
+                cache[kind] = create_backend(kind, backend_name(kind, profile))
+            return cache[kind]
+
+        return get
+
+    return StageBackends(**{kind: getter(kind) for kind in BACKENDS})

@@ -1,0 +1,73 @@
+"""The in-memory unit every stage passes along: one 16-frame, 448x256 clip and what is known about it.
+
+Conventions used by every stage (and documented in docs/architecture.md):
+- frames are uint8 RGB, shape (T, H, W, 3) with T=16, H=256, W=448; frame 0 is the reference frame;
+- pixel coordinates are (u, v) = (column, row) with (0, 0) at the centre of the top-left pixel;
+- depth is metric z-depth in metres (distance along the camera's optical axis), not ray length;
+- cameras are OpenCV pinhole: x right, y down, z forward; `intrinsics` is the 3x3 K matrix;
+  `extrinsics[t]` is the 4x4 world-to-camera transform of frame t.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+FRAME_COUNT = 16
+FRAME_WIDTH = 448
+FRAME_HEIGHT = 256
+SYNTHETIC_CAPTION_TAG = "<synthetic>"  # special tag marking rendered clips (synthetic-video paper, Table 7)
+
+
+@dataclass
+class SceneTruth:
+    """What a renderer knows exactly about a synthetic clip; absent for real video."""
+
+    depth: np.ndarray  # (T, H, W) float32, metres
+    instance_masks: np.ndarray  # (T, H, W) int32, 0 = background, 1..K = objects
+    object_names: list[str]  # name of instance k is object_names[k - 1]
+    extrinsics: np.ndarray  # (T, 4, 4) float64 world -> camera
+    track_uvd: np.ndarray  # (T, H, W, 3) float32: where each frame-0 pixel is at frame t (u, v, depth)
+    track_visible: np.ndarray  # (T, H, W) bool: that pixel's surface point is visible at frame t
+
+
+@dataclass
+class Clip:
+    """One clip after ingest: exactly FRAME_COUNT frames at FRAME_HEIGHT x FRAME_WIDTH."""
+
+    key: str
+    frames: np.ndarray  # (T, H, W, 3) uint8
+    caption: str
+    intrinsics: np.ndarray  # (3, 3) float64 K at 448x256; assumed (see ingest) for real video
+    source: dict = field(default_factory=dict)  # where it came from: uri, start/end seconds, fps, stride
+    truth: SceneTruth | None = None
+
+    @property
+    def is_synthetic(self) -> bool:
+        return self.truth is not None
+
+
+def default_intrinsics(width: int = FRAME_WIDTH, height: int = FRAME_HEIGHT, hfov_deg: float = 60.0) -> np.ndarray:
+    """Pinhole K for a camera of unknown calibration: square pixels, centred principal point.
+
+    Real clips carry no calibration; 60 degrees horizontal field of view is a typical phone/web
+    video lens and is recorded in every sample's metadata so it can be corrected later.
+    """
+    fx = (width / 2.0) / np.tan(np.deg2rad(hfov_deg) / 2.0)
+    return np.array([[fx, 0.0, (width - 1) / 2.0], [0.0, fx, (height - 1) / 2.0], [0.0, 0.0, 1.0]])
+
+
+def unproject(uvd: np.ndarray, intrinsics: np.ndarray) -> np.ndarray:
+    """(..., 3) pixel (u, v, z-depth) -> camera-space (x, y, z)."""
+    fx, fy, cx, cy = intrinsics[0, 0], intrinsics[1, 1], intrinsics[0, 2], intrinsics[1, 2]
+    u, v, d = uvd[..., 0], uvd[..., 1], uvd[..., 2]
+    return np.stack([(u - cx) * d / fx, (v - cy) * d / fy, d], axis=-1)
+
+
+def project(xyz: np.ndarray, intrinsics: np.ndarray) -> np.ndarray:
+    """(..., 3) camera-space (x, y, z) -> pixel (u, v, z-depth); inverse of `unproject`."""
+    fx, fy, cx, cy = intrinsics[0, 0], intrinsics[1, 1], intrinsics[0, 2], intrinsics[1, 2]
+    x, y, z = xyz[..., 0], xyz[..., 1], xyz[..., 2]
+    safe_z = np.where(np.abs(z) < 1e-9, 1e-9, z)
+    return np.stack([fx * x / safe_z + cx, fy * y / safe_z + cy, z], axis=-1)

@@ -1,0 +1,1 @@
+"""Dagster wiring only: assets, resources, checks and the sensor call into plain modules."""

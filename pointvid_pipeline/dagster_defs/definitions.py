@@ -1,0 +1,28 @@
+"""The `Definitions` object loaded by `dagster dev -w workspace.yaml` and `-m pointvid_pipeline.definitions`."""
+
+from __future__ import annotations
+
+from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
+
+from ..settings import PipelineSettings
+from .assets import dataset, stage_assets
+from .resources import build_resources
+from .sensors import clip_shard_partitions
+
+curate_shard_job = define_asset_job(
+    "curate_shard",
+    selection=AssetSelection.assets(*stage_assets),
+    description="All stages for one shard of clips, in one process so loaded models are reused across stages.",
+    executor_def=in_process_executor,
+)
+dataset_job = define_asset_job("build_dataset", selection=AssetSelection.assets(dataset), description="Roll all shards up into the dataset manifests and card.")
+
+
+def build_definitions(settings: PipelineSettings | None = None) -> Definitions:
+    settings = settings or PipelineSettings.from_env()
+    return Definitions(
+        assets=[*stage_assets, dataset],
+        jobs=[curate_shard_job, dataset_job],
+        sensors=[clip_shard_partitions],
+        resources=build_resources(settings),
+    )

@@ -1,0 +1,377 @@
+"""Runs one stage for one partition: reads the upstream stage's files, processes each sample,
+writes this stage's files and ledger. Plain Python (no Dagster), so the CLI, the Dagster assets,
+the tests and the benchmarks all run exactly the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+from . import __version__
+from .clip import Clip, SceneTruth, default_intrinsics
+from .depth import DepthEstimator, RendererDepth
+from .manifest import InputRow, read_manifest, shard_rows, synthetic_rows
+from .object_prompts import ObjectExtractor, objects_for_caption
+from .point_maps import densify_point_map
+from .quality import mean_abs_acceleration, track_error_stats
+from .query_points import sample_query_points, sample_seed
+from .reference_masks import ReferenceSegmenter, RendererMasks, check_reference_mask
+from .rejections import RejectionReason, SampleRejected
+from .settings import PipelineSettings
+from .smoothing import KalmanConfig, smooth_tracks
+from .stage_store import StageIndex, StageStore
+from .tracking import PointTracker
+
+log = logging.getLogger(__name__)
+
+STAGES = (
+    "clips",
+    "object_prompts",
+    "reference_masks",
+    "query_points",
+    "depth",
+    "tracks_3d",
+    "smoothed_tracks",
+    "point_maps",
+    "pointvid_shards",
+)
+MIN_VISIBLE_FRACTION = 0.5  # a foreground track counts as visible if seen in at least half the frames
+
+
+@dataclass
+class StageBackends:
+    """Zero-argument getters, so a stage only loads the models it actually uses."""
+
+    object_extractor: Callable[[], ObjectExtractor]
+    segmenter: Callable[[], ReferenceSegmenter]
+    depth_estimator: Callable[[], DepthEstimator]
+    point_tracker: Callable[[], PointTracker]
+
+
+@dataclass
+class Sample:
+    """One sample as seen by a stage: cumulative metadata plus lazy access to upstream arrays."""
+
+    store: StageStore
+    partition: str
+    key: str
+    meta: dict
+    _arrays: dict = field(default_factory=dict)
+
+    def arrays(self, stage: str) -> dict[str, np.ndarray]:
+        if stage not in self._arrays:
+            self._arrays[stage] = self.store.read_arrays(stage, self.partition, self.key)
+        return self._arrays[stage]
+
+    @cached_property
+    def clip(self) -> Clip:
+        data = self.arrays("clips")
+        truth = None
+        if self.meta["synthetic"]:
+            truth = SceneTruth(
+                depth=data["truth_depth"],
+                instance_masks=data["truth_instance_masks"],
+                object_names=list(self.meta["truth_object_names"]),
+                extrinsics=data["truth_extrinsics"],
+                track_uvd=data["truth_track_uvd"],
+                track_visible=data["truth_track_visible"],
+            )
+        return Clip(self.key, data["frames"], self.meta["caption"], data["intrinsics"], self.meta["source"], truth)
+
+
+@dataclass
+class StageReport:
+    """What a stage did to one partition; becomes Dagster metadata and CLI output."""
+
+    stage: str
+    partition: str
+    accepted: int
+    rejected_here: dict[str, int]
+    rejected_total: int
+    seconds: float
+    seconds_per_sample: float
+    stats: dict[str, float]
+    backends: dict[str, str]
+    extra: dict = field(default_factory=dict)
+
+
+Outcome = tuple[dict, dict]  # (arrays to store, metadata to add); a SampleRejected instead = ledger row
+
+
+def _backend_tag(backend) -> str:
+    return f"{backend.name}@{backend.version}"
+
+
+def _with_stats(meta: dict, stage: str, stats: dict) -> dict:
+    meta.setdefault("stats", {})[stage] = stats
+    return meta
+
+
+# ---------------------------------------------------------------- stage functions (per sample)
+
+
+def _clips(sample: Sample, settings: PipelineSettings, backends: StageBackends) -> Outcome:
+    row = InputRow.from_json(sample.meta["input"])
+    if row.error:
+        raise SampleRejected(RejectionReason.invalid_manifest_row, row.error)
+    if not row.caption.strip():
+        raise SampleRejected(RejectionReason.missing_caption, "caption is empty")
+    if row.is_synthetic:
+        from .synthetic import load_default_scenes, render_scene
+
+        clip = render_scene(next(spec for spec in load_default_scenes() if spec.name == row.scene))
+        backend = f"pybullet-tinyrenderer@{clip.source.get('pybullet_version', '')}"
+    else:
+        from .clips import decode_clip
+
+        frames, info = decode_clip(row.video, row.start, row.end, stride=settings.frame_stride)
+        clip = Clip(row.key, frames, row.caption, default_intrinsics(), {"kind": "video", "uri": row.video, **info, "intrinsics": "assumed 60 deg horizontal FOV"})
+        backend = f"pyav@{info.get('av_version', '')}"
+    arrays = {"frames": clip.frames, "intrinsics": clip.intrinsics}
+    meta = {"caption": clip.caption, "source": clip.source, "synthetic": clip.is_synthetic, "intrinsics": clip.intrinsics.tolist()}
+    if clip.truth is not None:
+        truth = clip.truth
+        arrays.update(
+            truth_depth=truth.depth,
+            truth_instance_masks=truth.instance_masks.astype(np.int16),
+            truth_extrinsics=truth.extrinsics,
+            truth_track_uvd=truth.track_uvd,
+            truth_track_visible=truth.track_visible,
+        )
+        meta["truth_object_names"] = truth.object_names
+    meta["backends"] = {"clips": backend}
+    return arrays, meta
+
+
+def _object_prompts(samples: list[Sample], settings: PipelineSettings, backends: StageBackends) -> Iterator[Outcome | SampleRejected]:
+    """Batched: one extractor call for the whole partition (an LLM serves batches far better)."""
+    try:
+        extractor = backends.object_extractor()
+        names = extractor.extract([s.meta["caption"] for s in samples]) if samples else []
+    except Exception as exc:
+        yield from [_backend_failure("object_prompts", "(batch)", exc)] * len(samples)
+        return
+    for objects in names:
+        try:
+            yield {}, {"objects": objects_for_caption(objects), "backends": {"object_prompts": _backend_tag(extractor)}}
+        except SampleRejected as rejection:
+            yield rejection
+
+
+def _reference_masks(sample: Sample, settings: PipelineSettings, backends: StageBackends) -> Outcome:
+    clip = sample.clip
+    segmenter = RendererMasks() if clip.is_synthetic else backends.segmenter()
+    labels = check_reference_mask(segmenter.segment(clip, sample.meta["objects"]))
+    fg = labels > 0
+    stats = {"foreground_fraction": float(fg.mean()), "instances": int(len(np.unique(labels[fg])))}
+    return {"labels": labels.astype(np.int32)}, _with_stats({"backends": {"reference_masks": _backend_tag(segmenter)}}, "reference_masks", stats)
+
+
+def _query_points(sample: Sample, settings: PipelineSettings, backends: StageBackends) -> Outcome:
+    labels = sample.arrays("reference_masks")["labels"]
+    queries = sample_query_points(labels, settings.grid_size, settings.background_fraction, sample_seed(sample.key))
+    on_fg = labels[queries[:, 1], queries[:, 0]] > 0
+    stats = {"query_points": int(len(queries)), "foreground_query_points": int(on_fg.sum())}
+    meta = {
+        "query_sampling": {"grid_size": settings.grid_size, "background_fraction": settings.background_fraction},
+        "backends": {"query_points": f"grid-foreground-first@{__version__}"},
+    }
+    return {"queries": queries}, _with_stats(meta, "query_points", stats)
+
+
+def _depth(sample: Sample, settings: PipelineSettings, backends: StageBackends) -> Outcome:
+    clip = sample.clip
+    estimator = RendererDepth() if clip.is_synthetic else backends.depth_estimator()
+    depth = estimator.estimate(clip).astype(np.float32)
+    stats = {"median_depth_m": float(np.median(depth[0])), "min_depth_m": float(depth.min())}
+    return {"depth": depth}, _with_stats({"backends": {"depth": _backend_tag(estimator)}}, "depth", stats)
+
+
+def _tracks_3d(sample: Sample, settings: PipelineSettings, backends: StageBackends) -> Outcome:
+    tracker = backends.point_tracker()
+    queries = sample.arrays("query_points")["queries"]
+    labels = sample.arrays("reference_masks")["labels"]
+    tracks, visibility = tracker.track(sample.clip.frames, sample.arrays("depth")["depth"], queries.astype(np.float32))
+    on_fg = labels[queries[:, 1], queries[:, 0]] > 0
+    fg_visible = visibility[:, on_fg].mean(axis=0) >= MIN_VISIBLE_FRACTION
+    if not fg_visible.any():
+        raise SampleRejected(RejectionReason.no_visible_track, f"none of {int(on_fg.sum())} foreground tracks is visible in half the frames")
+    stats = {"visible_fraction": float(visibility.mean()), "foreground_tracks_visible": float(fg_visible.mean())}
+    meta = _with_stats({"backends": {"tracks_3d": _backend_tag(tracker)}}, "tracks_3d", stats)
+    return {"tracks": tracks.astype(np.float32), "visibility": visibility}, meta
+
+
+def _smoothed_tracks(sample: Sample, settings: PipelineSettings, backends: StageBackends) -> Outcome:
+    tracks = sample.arrays("tracks_3d")
+    config = KalmanConfig(rts_smoothing=settings.kalman_rts)
+    smoothed = smooth_tracks(tracks["tracks"], tracks["visibility"], sample.clip.intrinsics, config).astype(np.float32)
+    stats = {"jitter_raw_px": mean_abs_acceleration(tracks["tracks"]), "jitter_smoothed_px": mean_abs_acceleration(smoothed)}
+    truth = sample.clip.truth
+    if truth is not None:
+        queries = sample.arrays("query_points")["queries"]
+        gt_uvd = truth.track_uvd[:, queries[:, 1], queries[:, 0]]
+        gt_visible = truth.track_visible[:, queries[:, 1], queries[:, 0]]
+        stats["jitter_truth_px"] = mean_abs_acceleration(gt_uvd)
+        stats.update({f"raw_{k}": v for k, v in track_error_stats(tracks["tracks"], gt_uvd, gt_visible).items()})
+        stats.update({f"smoothed_{k}": v for k, v in track_error_stats(smoothed, gt_uvd, gt_visible).items()})
+    meta = {"kalman": {**config.__dict__}, "backends": {"smoothed_tracks": f"kalman-cv3d@{__version__}"}}
+    return {"tracks": smoothed}, _with_stats(meta, "smoothed_tracks", stats)
+
+
+def _point_maps(sample: Sample, settings: PipelineSettings, backends: StageBackends) -> Outcome:
+    labels = sample.arrays("reference_masks")["labels"]
+    queries = sample.arrays("query_points")["queries"]
+    smoothed = sample.arrays("smoothed_tracks")["tracks"]
+    foreground = labels > 0
+    try:
+        point_map, tracked = densify_point_map(smoothed, queries, foreground)
+    except ValueError as exc:
+        raise SampleRejected(RejectionReason.no_visible_track, str(exc)) from exc
+    height, width = foreground.shape
+    # Tracks that leave the frame are held at its border: the schema promises in-frame (u, v).
+    point_map[..., 0] = np.clip(point_map[..., 0], 0, width - 1)
+    point_map[..., 1] = np.clip(point_map[..., 1], 0, height - 1)
+    point_map[:, ~foreground] = 0
+    stats = {"foreground_pixels": int(foreground.sum()), "tracked_pixel_fraction": float(tracked[foreground].mean())}
+    truth = sample.clip.truth
+    if truth is not None:
+        visible = truth.track_visible[:, foreground]
+        dense = track_error_stats(point_map[:, foreground], truth.track_uvd[:, foreground], visible)
+        stats.update({f"dense_{k}": v for k, v in dense.items()})
+    meta = {"backends": {"point_maps": f"algorithm1-kdtree@{__version__}"}}
+    return {"uvd": point_map.astype(np.float16), "valid": foreground, "tracked": tracked}, _with_stats(meta, "point_maps", stats)
+
+
+def _backend_failure(stage: str, key: str, exc: Exception) -> SampleRejected:
+    """A backend raising on one sample must not sink the partition: ledger it as retryable."""
+    log.warning("stage %s failed on %s:\n%s", stage, key, traceback.format_exc())
+    return SampleRejected(RejectionReason.backend_error, f"{type(exc).__name__}: {exc}")
+
+
+def _per_sample(stage: str, function) -> Callable[[list[Sample], PipelineSettings, StageBackends], Iterator[Outcome | SampleRejected]]:
+    def run(samples, settings, backends):
+        for sample in samples:
+            try:
+                yield function(sample, settings, backends)
+            except SampleRejected as rejection:
+                yield rejection
+            except Exception as exc:
+                yield _backend_failure(stage, sample.key, exc)
+
+    return run
+
+
+STAGE_FUNCTIONS = {
+    "clips": _per_sample("clips", _clips),
+    "object_prompts": _object_prompts,
+    "reference_masks": _per_sample("reference_masks", _reference_masks),
+    "query_points": _per_sample("query_points", _query_points),
+    "depth": _per_sample("depth", _depth),
+    "tracks_3d": _per_sample("tracks_3d", _tracks_3d),
+    "smoothed_tracks": _per_sample("smoothed_tracks", _smoothed_tracks),
+    "point_maps": _per_sample("point_maps", _point_maps),
+}
+
+
+# ---------------------------------------------------------------- inputs and partitions
+
+
+def input_rows(settings: PipelineSettings) -> list[InputRow]:
+    """The rows of the configured manifest, or of the embedded synthetic scenes."""
+    if settings.manifest:
+        return read_manifest(settings.manifest)
+    from .synthetic import load_default_scenes, scene_caption
+
+    return synthetic_rows([(spec.name, scene_caption(spec)) for spec in load_default_scenes()])
+
+
+def partition_rows(settings: PipelineSettings) -> dict[str, list[InputRow]]:
+    return shard_rows(input_rows(settings), settings.effective_shard_size)
+
+
+def _first_samples(store: StageStore, partition: str, settings: PipelineSettings) -> tuple[list[Sample], list[dict]]:
+    """Samples for the `clips` stage from the partition's input rows; repeated keys are ledgered."""
+    rows = partition_rows(settings).get(partition)
+    if rows is None:
+        raise KeyError(f"partition {partition!r} does not exist for the configured input ({settings.manifest or 'default synthetic scenes'})")
+    samples, rejected, seen = [], [], set()
+    for row in rows:
+        if row.key in seen:
+            rejected.append(_ledger_row(row.key, row.row, "clips", SampleRejected(RejectionReason.duplicate_row, "same video, start and end as an earlier row")))
+            continue
+        seen.add(row.key)
+        samples.append(Sample(store, partition, row.key, {"row": row.row, "input": row.to_json()}))
+    return samples, rejected
+
+
+def _ledger_row(key: str, row: int, stage: str, rejection: SampleRejected) -> dict:
+    return {"key": key, "row": row, "stage": stage, "reason": rejection.reason.value, "detail": rejection.detail}
+
+
+def load_samples(store: StageStore, stage: str, partition: str, settings: PipelineSettings) -> tuple[list[Sample], list[dict]]:
+    """The samples a stage works on (upstream accepted) and the ledger it inherits."""
+    position = STAGES.index(stage)
+    if position == 0:
+        return _first_samples(store, partition, settings)
+    upstream = store.read_index(STAGES[position - 1], partition)
+    return [Sample(store, partition, key, meta) for key, meta in upstream.accepted.items()], list(upstream.rejected)
+
+
+def _merge_meta(meta: dict, added: dict) -> dict:
+    merged = {**meta, **{k: v for k, v in added.items() if k not in ("stats", "backends")}}
+    merged["stats"] = {**meta.get("stats", {}), **added.get("stats", {})}
+    merged["backends"] = {**meta.get("backends", {}), **added.get("backends", {})}
+    return merged
+
+
+def mean_stage_stats(metas: Iterable[dict], stage: str) -> dict[str, float]:
+    values: dict[str, list[float]] = {}
+    for meta in metas:
+        for name, value in meta.get("stats", {}).get(stage, {}).items():
+            values.setdefault(name, []).append(value)
+    return {f"mean_{name}": float(np.mean(v)) for name, v in values.items()}
+
+
+def run_stage(stage: str, partition: str, settings: PipelineSettings, backends: StageBackends) -> StageReport:
+    """Materialize `stage` for `partition`. Bad samples become ledger rows; the run itself succeeds."""
+    if stage == "pointvid_shards":
+        from .shard_stage import run_shard_stage
+
+        return run_shard_stage(partition, settings)
+    store = StageStore(settings.stages_dir)
+    samples, rejected = load_samples(store, stage, partition, settings)
+    index = StageIndex(stage=stage, partition=partition, rejected=rejected)
+    rejected_here: Counter[str] = Counter()
+    started = time.perf_counter()
+    for sample, outcome in zip(samples, STAGE_FUNCTIONS[stage](samples, settings, backends)):
+        if isinstance(outcome, SampleRejected):
+            rejected.append(_ledger_row(sample.key, sample.meta["row"], stage, outcome))
+            rejected_here[outcome.reason.value] += 1
+            continue
+        arrays, added = outcome
+        if arrays:
+            store.write_arrays(stage, partition, sample.key, arrays)
+        index.accepted[sample.key] = _merge_meta(sample.meta, added)
+    seconds = time.perf_counter() - started
+    store.remove_stale_samples(stage, partition, set(index.accepted))
+    store.write_index(index)
+    backend_names = sorted({m["backends"].get(stage, "") for m in index.accepted.values()} - {""})
+    return StageReport(
+        stage=stage,
+        partition=partition,
+        accepted=len(index.accepted),
+        rejected_here=dict(rejected_here),
+        rejected_total=len(rejected),
+        seconds=seconds,
+        seconds_per_sample=seconds / max(len(samples), 1),
+        stats=mean_stage_stats(index.accepted.values(), stage),
+        backends={stage: ", ".join(backend_names)},
+    )

@@ -1,0 +1,29 @@
+"""Typed reasons a sample leaves the pipeline. Every input row ends accepted or as one ledger row."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class RejectionReason(str, Enum):
+    unreadable_video = "unreadable_video"  # missing, zero-byte, not a video, or no decodable stream
+    truncated_video = "truncated_video"  # the container promises more than can be decoded
+    too_few_frames = "too_few_frames"  # fewer than 16 frames between start and end at the stride
+    black_first_frame = "black_first_frame"  # the reference frame carries no signal
+    missing_caption = "missing_caption"  # caption absent or blank
+    no_object_in_caption = "no_object_in_caption"  # the extractor names no object
+    empty_mask = "empty_mask"  # segmentation finds no foreground on the reference frame
+    no_depth_backend = "no_depth_backend"  # real video with no depth estimator configured
+    no_visible_track = "no_visible_track"  # no foreground track stays visible
+    invalid_manifest_row = "invalid_manifest_row"  # a row the manifest reader cannot interpret
+    duplicate_row = "duplicate_row"  # the same (video, start, end) appears again in the manifest
+    backend_error = "backend_error"  # a model backend raised on this sample (transient: can be retried)
+
+
+class SampleRejected(Exception):
+    """Raised by stage logic for one sample; the stage runner turns it into a ledger row."""
+
+    def __init__(self, reason: RejectionReason, detail: str = ""):
+        super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
+        self.reason = reason
+        self.detail = detail

@@ -1,0 +1,65 @@
+"""Run settings, read once from environment variables so the CLI, `dagster dev` and CI agree."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROFILES = ("cpu", "paper")
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """Everything a run needs besides the backends.
+
+    data_dir: the one directory all outputs go to (stage files, shards, dataset card, Dagster home).
+    manifest: CSV / JSONL / Parquet / Panda-70M table of (video, caption); None = default synthetic scenes.
+    shard_size: clips per partition (8 for the default scenes, 64 for real manifests unless set).
+    """
+
+    data_dir: Path = Path("pointvid_data")
+    manifest: str | None = None
+    shard_size: int | None = None
+    profile: str = "cpu"
+    frame_stride: int = 1
+    grid_size: int = 80
+    background_fraction: float = 0.1
+    kalman_rts: bool = True
+
+    def __post_init__(self):
+        if self.profile not in PROFILES:
+            raise ValueError(f"POINTVID_PROFILE must be one of {PROFILES}, got {self.profile!r}")
+
+    @property
+    def effective_shard_size(self) -> int:
+        if self.shard_size:
+            return self.shard_size
+        return 8 if self.manifest is None else 64
+
+    @property
+    def stages_dir(self) -> Path:
+        return self.data_dir / "stages"
+
+    @property
+    def shards_dir(self) -> Path:
+        return self.data_dir / "shards"
+
+    @property
+    def dataset_dir(self) -> Path:
+        return self.data_dir / "dataset"
+
+    @classmethod
+    def from_env(cls, environ=None) -> "PipelineSettings":
+        env = os.environ if environ is None else environ
+        shard_size = env.get("POINTVID_SHARD_SIZE")
+        return cls(
+            data_dir=Path(env.get("POINTVID_DATA_DIR", "pointvid_data")).resolve(),
+            manifest=env.get("POINTVID_MANIFEST") or None,
+            shard_size=int(shard_size) if shard_size else None,
+            profile=env.get("POINTVID_PROFILE", "cpu"),
+            frame_stride=int(env.get("POINTVID_FRAME_STRIDE", "1")),
+            grid_size=int(env.get("POINTVID_GRID_SIZE", "80")),
+            background_fraction=float(env.get("POINTVID_BACKGROUND_FRACTION", "0.1")),
+            kalman_rts=env.get("POINTVID_KALMAN_RTS", "1") not in ("0", "false", "no"),
+        )

@@ -1,0 +1,61 @@
+"""The `pointvid_shards` stage for one partition: pack accepted samples, write atomically, verify."""
+
+from __future__ import annotations
+
+import time
+
+from .pipeline import StageReport, mean_stage_stats
+from .settings import PipelineSettings
+from .shards import CHECKS, SCHEMA_VERSION, encode_mp4, file_md5, npz_bytes, png_bytes, sample_members, verify_shard, write_tar
+from .stage_store import StageStore, atomic_path, atomic_write_json
+
+SAMPLE_JSON_FIELDS = ("caption", "objects", "synthetic", "intrinsics", "source", "backends", "stats", "kalman", "query_sampling", "row")
+
+
+def shard_paths(settings: PipelineSettings, partition: str):
+    return settings.shards_dir / f"{partition}.tar", settings.shards_dir / f"{partition}.json"
+
+
+def run_shard_stage(partition: str, settings: PipelineSettings) -> StageReport:
+    store = StageStore(settings.stages_dir)
+    upstream = store.read_index("point_maps", partition)
+    started = time.perf_counter()
+    members, samples = [], []
+    for key, meta in upstream.accepted.items():
+        frames = store.read_arrays("clips", partition, key)["frames"]
+        points = store.read_arrays("point_maps", partition, key)
+        labels = store.read_arrays("reference_masks", partition, key)["labels"]
+        sample_meta = {"schema_version": SCHEMA_VERSION, "key": key, **{f: meta[f] for f in SAMPLE_JSON_FIELDS if f in meta}}
+        sample = sample_members(key, encode_mp4(frames, meta["source"].get("fps") or 16), npz_bytes(points), png_bytes(labels), sample_meta)
+        members += sample
+        samples.append({"key": key, "bytes": sum(len(data) for _, data in sample), "synthetic": meta["synthetic"]})
+    tar_path, index_path = shard_paths(settings, partition)
+    with atomic_path(tar_path) as tmp:
+        write_tar(tmp, members)
+        md5, size = file_md5(tmp), tmp.stat().st_size
+    index = {
+        "schema_version": SCHEMA_VERSION,
+        "partition": partition,
+        "tar": tar_path.name,
+        "md5": md5,
+        "bytes": size,
+        "samples": samples,
+        "rejected": upstream.rejected,
+        "input_rows": len(samples) + len(upstream.rejected),
+        "sample_meta": {key: meta for key, meta in upstream.accepted.items()},
+    }
+    atomic_write_json(index_path, index)
+    checks = verify_shard(tar_path, index, list(upstream.accepted))
+    seconds = time.perf_counter() - started
+    return StageReport(
+        stage="pointvid_shards",
+        partition=partition,
+        accepted=len(samples),
+        rejected_here={},
+        rejected_total=len(upstream.rejected),
+        seconds=seconds,
+        seconds_per_sample=seconds / max(len(samples), 1),
+        stats=mean_stage_stats(upstream.accepted.values(), "point_maps"),
+        backends={},
+        extra={"checks": {name: {"passed": passed, "detail": detail, "description": CHECKS[name]} for name, (passed, detail) in checks.items()}, "shard_path": str(tar_path), "shard_bytes": size, "bytes_per_sample": size / max(len(samples), 1)},
+    )

@@ -1,0 +1,99 @@
+"""Files between stages: `<data_dir>/stages/<stage>/<partition>/`.
+
+Each stage writes one `.npz` of arrays per accepted sample and, last, `_index.json` with the
+accepted keys (plus per-sample metadata) and the cumulative rejection ledger of the partition.
+Every file is written to a temporary name and renamed, so a killed run never leaves a file
+that looks complete; the index is written last, so a stage counts as done only once it exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_json(path: Path, data) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=1, default=_json_default) + "\n").encode())
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+@dataclass
+class StageIndex:
+    """What a stage produced for one partition. `rejected` includes upstream rejections."""
+
+    stage: str
+    partition: str
+    accepted: dict[str, dict] = field(default_factory=dict)  # key -> per-sample metadata
+    rejected: list[dict] = field(default_factory=list)  # ledger rows: key, row, stage, reason, detail
+
+    def to_json(self) -> dict:
+        return {"stage": self.stage, "partition": self.partition, "accepted": self.accepted, "rejected": self.rejected}
+
+
+class StageStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def partition_dir(self, stage: str, partition: str) -> Path:
+        return self.root / stage / partition
+
+    def write_arrays(self, stage: str, partition: str, key: str, arrays: dict[str, np.ndarray]) -> None:
+        path = self.partition_dir(stage, partition) / f"{key}.npz"
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+
+    def read_arrays(self, stage: str, partition: str, key: str) -> dict[str, np.ndarray]:
+        with np.load(self.partition_dir(stage, partition) / f"{key}.npz") as data:
+            return {name: data[name] for name in data.files}
+
+    def write_index(self, index: StageIndex) -> None:
+        atomic_write_json(self.partition_dir(index.stage, index.partition) / "_index.json", index.to_json())
+
+    def read_index(self, stage: str, partition: str) -> StageIndex:
+        path = self.partition_dir(stage, partition) / "_index.json"
+        if not path.exists():
+            raise FileNotFoundError(f"stage {stage!r} has not been materialized for partition {partition!r} ({path} missing)")
+        data = json.loads(path.read_text())
+        return StageIndex(stage=data["stage"], partition=data["partition"], accepted=data["accepted"], rejected=data["rejected"])
+
+    def remove_stale_samples(self, stage: str, partition: str, keep: set[str]) -> None:
+        """Delete sample files of an earlier run that this run did not accept."""
+        folder = self.partition_dir(stage, partition)
+        for path in folder.glob("*.npz"):
+            if path.stem not in keep:
+                path.unlink()

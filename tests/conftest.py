@@ -1,0 +1,16 @@
+"""Shared fixtures. Real videos are read from ../shared/videos beside the repository."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "videos"
+
+
+@pytest.fixture(scope="session")
+def shared_videos() -> Path:
+    if not (SHARED_VIDEOS / "manifest.csv").exists():
+        pytest.skip(f"the shared sample videos are not at {SHARED_VIDEOS} (they are never committed to the repo)")
+    return SHARED_VIDEOS

@@ -1,0 +1,247 @@
+"""decode_clip on the shared real videos and on broken / degenerate files made from them."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import av
+import fsspec
+import numpy as np
+import pytest
+
+from pointvid_pipeline.clip import FRAME_COUNT, FRAME_HEIGHT, FRAME_WIDTH
+from pointvid_pipeline.clips import decode_clip
+from pointvid_pipeline.rejections import RejectionReason, SampleRejected
+
+VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "videos"
+VIDEO_NAMES = ["01_dog.mp4", "02_cups.mp4", "03_blocks.mp4", "04_coffee.mp4", "05_juggle.mp4", "bedroom.mp4"]
+
+
+def shared_video(name: str) -> Path:
+    path = VIDEOS / name
+    if not path.is_file():
+        pytest.skip(f"shared test video {path} is absent (the tests read real clips from ../shared/videos)")
+    return path
+
+
+def rejection(uri, **kwargs) -> SampleRejected:
+    with pytest.raises(SampleRejected) as caught:
+        decode_clip(str(uri), **kwargs)
+    return caught.value
+
+
+def top_level_boxes(path: Path) -> list[str]:
+    """MP4 top-level box types in file order (enough to tell where 'moov' sits relative to 'mdat')."""
+    data, offset, boxes = path.read_bytes(), 0, []
+    while offset + 8 <= len(data):
+        size, kind = struct.unpack(">I4s", data[offset : offset + 8])
+        if size == 1:
+            size = struct.unpack(">Q", data[offset + 8 : offset + 16])[0]
+        boxes.append(kind.decode("latin-1"))
+        if size < 8:
+            break
+        offset += size
+    return boxes
+
+
+def remux(src: Path, dst: Path, faststart: bool) -> Path:
+    """Copy the video stream packets into a new mp4, with the moov atom at the front or at the end."""
+    options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(src)) as source, av.open(str(dst), "w", format="mp4", options=options) as out:
+        in_stream = source.streams.video[0]
+        out_stream = out.add_stream_from_template(in_stream)
+        for packet in source.demux(in_stream):
+            if packet.dts is None:  # the demuxer's end-of-stream flush packet
+                continue
+            packet.stream = out_stream
+            out.mux(packet)
+    return dst
+
+
+def write_video(path: Path, frames: np.ndarray, fps: int = 24, rotation_deg: int = 0) -> Path:
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        if rotation_deg:
+            stream.set_display_rotation(rotation_deg)
+        for image in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def noise_frames(count: int, height: int = 180, width: int = 320) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(40, 220, size=(count, height, width, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("name", VIDEO_NAMES)
+def test_decodes_every_shared_video_deterministically(name):
+    path = shared_video(name)
+    frames, info = decode_clip(str(path))
+    assert frames.shape == (FRAME_COUNT, FRAME_HEIGHT, FRAME_WIDTH, 3)
+    assert frames.dtype == np.uint8
+    assert info["codec"] == "h264" and info["av_version"] == av.__version__
+    assert (info["source_width"], info["source_height"]) in {(1280, 720), (960, 540)}
+    assert info["first_frame_s"] == 0.0 and len(info["frame_times_s"]) == FRAME_COUNT
+    assert info["last_frame_s"] == pytest.approx((FRAME_COUNT - 1) / info["fps"], abs=1e-3)
+    again, _ = decode_clip(str(path))
+    assert np.array_equal(frames, again)
+    assert frames[0].std() > 10  # a real picture, not a constant
+
+
+def test_start_end_stride_are_honoured():
+    path = shared_video("01_dog.mp4")
+    frames, info = decode_clip(str(path), start=1.0, end=3.0, stride=3)
+    times = np.array(info["frame_times_s"])
+    assert times[0] >= 1.0 and times[-1] < 3.0
+    assert np.allclose(np.diff(times), 3 / info["fps"], atol=1e-3)
+    assert info["stride"] == 3 and info["start_s"] == 1.0 and info["end_s"] == 3.0
+    # Frame 0 after a seek is the same picture as that frame reached by decoding from the start.
+    from_zero, zero_info = decode_clip(str(path), stride=3)
+    index = zero_info["frame_times_s"].index(pytest.approx(times[3], abs=1e-4))
+    assert np.array_equal(frames[3], from_zero[index])
+
+
+def test_panda_style_start_lands_on_the_exact_frame():
+    path = shared_video("01_dog.mp4")
+    _, info = decode_clip(str(path), start=4.004, end=9.509)
+    assert info["first_frame_s"] == pytest.approx(4.004, abs=1e-4)  # frame 120 at 30000/1001 fps
+    _, before = decode_clip(str(path), start=0.0, end=4.004, stride=7)
+    assert before["last_frame_s"] < 4.004  # end is exclusive: the boundary frame belongs to the next span
+
+
+def test_span_too_short_for_the_stride_is_too_few_frames():
+    path = shared_video("bedroom.mp4")
+    error = rejection(path, start=1.0, end=1.4)
+    assert error.reason is RejectionReason.too_few_frames
+    assert "12/16" in error.detail  # 30 fps x 0.4 s
+    assert rejection(path, start=5.0, stride=4).reason is RejectionReason.too_few_frames
+    assert rejection(path, start=100.0).reason is RejectionReason.too_few_frames
+
+
+def test_truncated_moov_first_file_is_truncated_video(tmp_path):
+    # 02_cups.mp4 is already "faststart": moov precedes mdat, so a cut file still opens and lists all
+    # 300 frames, but the packets stop where the bytes do (~3 s of 10 s).
+    source = shared_video("02_cups.mp4")
+    assert top_level_boxes(source).index("moov") < top_level_boxes(source).index("mdat")
+    cut = tmp_path / "cut.mp4"
+    data = source.read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.3)])
+    frames, _ = decode_clip(str(cut))  # the first half second is intact and decodes
+    assert frames.shape[0] == FRAME_COUNT
+    past_cut = rejection(cut, start=5.0)
+    assert past_cut.reason is RejectionReason.truncated_video
+    assert "promises 10.010 s" in past_cut.detail
+    assert rejection(cut, stride=10).reason is RejectionReason.truncated_video
+
+
+@pytest.mark.parametrize("faststart, expected", [(True, "truncated_video"), (False, "unreadable_video")])
+def test_truncated_remux_depends_on_where_moov_sits(tmp_path, faststart, expected):
+    remuxed = remux(shared_video("02_cups.mp4"), tmp_path / "remuxed.mp4", faststart)
+    boxes = top_level_boxes(remuxed)
+    assert (boxes.index("moov") < boxes.index("mdat")) == faststart
+    cut = tmp_path / "cut.mp4"
+    data = remuxed.read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.3)])
+    # moov at the end is cut away: nothing says what the stream is, so av.open fails.
+    assert rejection(cut, start=5.0).reason.value == expected
+
+
+def test_bedroom_has_moov_at_the_end_so_its_cut_copy_is_unreadable(tmp_path):
+    source = shared_video("bedroom.mp4")
+    assert top_level_boxes(source).index("moov") > top_level_boxes(source).index("mdat")
+    cut = tmp_path / "cut.mp4"
+    data = source.read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.3)])
+    assert rejection(cut).reason is RejectionReason.unreadable_video
+
+
+def test_corrupt_packets_mid_stream_are_truncated_video(tmp_path):
+    # Zeroing everything after the first 5% keeps the container intact but the decoder raises
+    # InvalidDataError after 8 frames.
+    data = bytearray(shared_video("02_cups.mp4").read_bytes())
+    keep = int(len(data) * 0.05)
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(bytes(data[:keep]) + bytes(len(data) - keep))
+    error = rejection(corrupt)
+    assert error.reason is RejectionReason.truncated_video
+    assert "decoder failed" in error.detail
+
+
+def test_unreadable_inputs(tmp_path):
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    assert rejection(empty).reason is RejectionReason.unreadable_video
+    assert "zero-byte" in rejection(empty).detail
+
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is a caption file, not a video\n" * 50)
+    assert rejection(text).reason is RejectionReason.unreadable_video
+
+    assert rejection(tmp_path / "missing.mp4").reason is RejectionReason.unreadable_video
+    assert rejection(tmp_path).reason is RejectionReason.unreadable_video  # a directory
+    assert rejection("nosuchprotocol://clip.mp4").reason is RejectionReason.unreadable_video
+
+
+def test_audio_only_file_has_no_video_stream(tmp_path):
+    path = tmp_path / "audio.m4a"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("aac", rate=16000)
+        samples = np.zeros((1, 1024), dtype=np.float32)
+        for index in range(20):
+            frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, index * 1024
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    error = rejection(path)
+    assert error.reason is RejectionReason.unreadable_video
+    assert "no video stream" in error.detail
+
+
+def test_eight_frame_video_is_too_few_frames(tmp_path):
+    path = write_video(tmp_path / "short.mp4", noise_frames(8))
+    error = rejection(path)
+    assert error.reason is RejectionReason.too_few_frames
+    assert "8/16" in error.detail
+
+
+def test_black_video_is_black_first_frame(tmp_path):
+    path = write_video(tmp_path / "black.mp4", np.zeros((20, 180, 320, 3), dtype=np.uint8))
+    error = rejection(path)
+    assert error.reason is RejectionReason.black_first_frame
+    assert "mean" in error.detail
+
+
+def test_small_video_is_upscaled_and_rotation_is_applied(tmp_path):
+    frames = noise_frames(20, height=90, width=160)
+    frames[:, :45, :, :] = (250, 20, 20)  # top half red in the stored (landscape) picture
+    path = write_video(tmp_path / "phone.mp4", frames, rotation_deg=90)
+    decoded, info = decode_clip(str(path))
+    assert decoded.shape == (FRAME_COUNT, FRAME_HEIGHT, FRAME_WIDTH, 3)
+    assert info["rotation_deg"] == 90
+    assert (info["source_width"], info["source_height"]) == (90, 160)  # displayed portrait
+    # Rotated 90 degrees counter-clockwise for display, the red top half becomes the left half.
+    red = (decoded[0, :, :, 0] > 200) & (decoded[0, :, :, 1] < 60)
+    assert red[:, : FRAME_WIDTH // 2 - 10].mean() > 0.95 and red[:, FRAME_WIDTH // 2 + 10 :].mean() < 0.05
+
+
+def test_fsspec_urls_decode(tmp_path):
+    path = shared_video("bedroom.mp4")
+    local, _ = decode_clip(str(path))
+    via_file_url, _ = decode_clip(path.as_uri())
+    assert np.array_equal(local, via_file_url)
+    memory_uri = f"memory://test_clips/{tmp_path.name}/bedroom.mp4"
+    with fsspec.open(memory_uri, "wb") as f:
+        f.write(path.read_bytes())
+    try:
+        via_memory, info = decode_clip(memory_uri)
+    finally:
+        fsspec.filesystem("memory").rm(memory_uri)
+    assert np.array_equal(local, via_memory)
+    assert info["uri"] == memory_uri

@@ -1,0 +1,94 @@
+"""The default synthetic input through real Dagster runs on an on-disk instance."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, DagsterInstance, SkipReason, build_sensor_context
+
+from pointvid_pipeline.dagster_defs.assets import clip_shards
+from pointvid_pipeline.dagster_defs.definitions import build_definitions
+from pointvid_pipeline.dagster_defs.sensors import clip_shard_partitions
+from pointvid_pipeline.pipeline import STAGES, partition_rows
+from pointvid_pipeline.settings import PipelineSettings
+from pointvid_pipeline.shards import CHECKS, MEMBER_SUFFIXES, load_points, read_samples
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    home = tmp_path_factory.mktemp("dagster_home")
+    settings = PipelineSettings(data_dir=tmp_path_factory.mktemp("data"))
+    defs = build_definitions(settings)
+    partition = list(partition_rows(settings))[-1]
+    with DagsterInstance.local_temp(str(home)) as instance:
+        instance.add_dynamic_partitions(clip_shards.name, [partition])
+        result = defs.resolve_job_def("curate_shard").execute_in_process(partition_key=partition, instance=instance)
+        dataset_result = defs.resolve_job_def("build_dataset").execute_in_process(instance=instance)
+        yield settings, partition, instance, result, dataset_result
+
+
+def test_every_stage_materializes_the_partition(run):
+    settings, partition, instance, result, _ = run
+    assert result.success
+    for stage in STAGES:
+        event = instance.get_latest_materialization_event(AssetKey(stage))
+        assert event is not None and event.asset_materialization.partition == partition
+        metadata = event.asset_materialization.metadata
+        assert metadata["accepted"].value == len(partition_rows(settings)[partition])
+
+
+def test_blocking_shard_checks_all_pass(run):
+    _, _, _, result, _ = run
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert set(evaluations) == set(CHECKS)
+    assert all(e.passed for e in evaluations.values()), {k: e.metadata for k, e in evaluations.items() if not e.passed}
+
+
+def test_shard_holds_complete_samples_with_provenance(run):
+    settings, partition, _, _, _ = run
+    samples = read_samples(settings.shards_dir / f"{partition}.tar")
+    assert list(samples) == [row.key for row in partition_rows(settings)[partition]]
+    for members in samples.values():
+        assert set(members) == set(MEMBER_SUFFIXES)
+        meta = json.loads(members["json"])
+        assert meta["schema_version"] == "1.0" and meta["synthetic"] and meta["caption"].startswith("<synthetic>")
+        assert set(meta["backends"]) == set(STAGES) - {"pointvid_shards"}
+        points = load_points(members["points.npz"])
+        assert points["uvd"].shape == (16, 256, 448, 3) and points["uvd"].dtype.name == "float16"
+        assert points["valid"].any() and (points["uvd"][:, ~points["valid"]] == 0).all()
+
+
+def test_dataset_card_reports_ground_truth_errors(run):
+    settings, partition, _, _, dataset_result = run
+    assert dataset_result.success
+    summary = json.loads((settings.dataset_dir / "summary.json").read_text())
+    rows = len(partition_rows(settings)[partition])
+    assert summary["accepted"] == rows and summary["input_rows"] == rows
+    quality = summary["quality_vs_ground_truth"]
+    assert 0 < quality["raw"]["median_px_error"] < 10 and 0 <= quality["smoothed"]["within_4px"] <= 1
+    card = (settings.dataset_dir / "README.md").read_text()
+    assert "median 2D error (px)" in card and "within 4 px" in card
+
+
+def test_sensor_registers_only_new_shards(tmp_path):
+    settings = PipelineSettings(data_dir=tmp_path / "data")
+    resources = build_definitions(settings).resources
+    (tmp_path / "home").mkdir()
+    with DagsterInstance.local_temp(str(tmp_path / "home")) as instance:
+        context = build_sensor_context(instance=instance, resources={"pipeline_settings": resources["pipeline_settings"]})
+        result = clip_shard_partitions(context)
+        (request,) = result.dynamic_partitions_requests
+        assert list(request.partition_keys) == list(partition_rows(settings))
+        instance.add_dynamic_partitions(clip_shards.name, list(request.partition_keys))
+        assert isinstance(clip_shard_partitions(build_sensor_context(instance=instance, resources={"pipeline_settings": resources["pipeline_settings"]})), SkipReason)
+
+
+def test_workspace_definitions_load_with_the_dagster_cli(tmp_path):
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "POINTVID_DATA_DIR": str(tmp_path / "data")}
+    done = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
