@@ -6,10 +6,11 @@ One clip-sized input, both implementations timed in the same run:
 - Densification: 448x256 mask with ~32K foreground pixels, 1500 tracks starting in it (plus 4900
   background tracks that Algorithm 1 discards); reference = per-pixel loop
   (`paper_reference.densify_point_map_literal`).
-Times are CPU seconds of this process (user + system, so page faults count), which other jobs on a
-shared machine do not inflate the way they inflate wall time. The references run once (seconds
-long); the fast versions report the best of several runs, as timeit does. Meant for one core:
-thread pools are pinned to 1 before numpy loads, and nothing here starts threads of its own.
+Times are CPU seconds of this process (user + system, so page faults count): other jobs on a shared
+machine inflate them less than wall time, though cache contention still slows the long references.
+The references run once (seconds long); the fast versions report the best of several runs, as
+timeit does. Meant for one core: thread pools are pinned to 1 before numpy loads, and nothing here
+starts threads of its own.
 Run: python benchmarks/postprocess.py
 """
 
@@ -22,17 +23,28 @@ for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
+from typing import TypeVar  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from pointvid_pipeline.clip import FRAME_COUNT, FRAME_HEIGHT, FRAME_WIDTH, default_intrinsics, unproject  # noqa: E402
-from pointvid_pipeline.paper_reference import densify_point_map_literal, kalman_smooth_filterpy  # noqa: E402
+from pointvid_pipeline.clip import (  # noqa: E402
+    FRAME_COUNT,
+    FRAME_HEIGHT,
+    FRAME_WIDTH,
+    default_intrinsics,
+    unproject,
+)
+from pointvid_pipeline.paper_reference import (  # noqa: E402
+    densify_point_map_literal,
+    kalman_smooth_filterpy,
+)
 from pointvid_pipeline.point_maps import densify_point_map  # noqa: E402
 from pointvid_pipeline.smoothing import KalmanConfig, kalman_filter_xyz  # noqa: E402
 
 TRACK_COUNT = 6400
 FOREGROUND_TRACK_COUNT = 1500
 FAST_REPEATS = 20
+Result = TypeVar("Result")
 
 
 def noisy_camera_tracks(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -84,30 +96,31 @@ def densification_input(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarra
     return tracks_uvd, query_uv, mask
 
 
-def seconds(function: Callable[[], object], repeats: int = 1) -> float:
+def timed(function: Callable[[], Result]) -> tuple[Result, float]:
+    """Result and CPU time of one call."""
+    start = time.process_time()
+    result = function()
+    return result, time.process_time() - start
+
+
+def best_seconds(function: Callable[[], object], repeats: int = FAST_REPEATS) -> float:
     """Best CPU time of `repeats` calls."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.process_time()
-        function()
-        best = min(best, time.process_time() - start)
-    return best
+    return min(timed(function)[1] for _ in range(repeats))
 
 
 def measure() -> dict:
-    """Times both reference/vectorised pairs on one realistic input; checks they agree first."""
+    """Times both reference/vectorised pairs on one realistic input, and how far their outputs differ."""
     rng = np.random.default_rng(2024)
     config = KalmanConfig()
     xyz, visibility = noisy_camera_tracks(rng)
-    kalman_error = np.abs(kalman_filter_xyz(xyz, visibility, config) - kalman_smooth_filterpy(xyz, visibility, config))
-    kalman_reference_s = seconds(lambda: kalman_smooth_filterpy(xyz, visibility, config))
-    kalman_vectorised_s = seconds(lambda: kalman_filter_xyz(xyz, visibility, config), FAST_REPEATS)
+    kalman_reference, kalman_reference_s = timed(lambda: kalman_smooth_filterpy(xyz, visibility, config))
+    kalman_vectorised_s = best_seconds(lambda: kalman_filter_xyz(xyz, visibility, config))
+    kalman_error = np.abs(kalman_filter_xyz(xyz, visibility, config) - kalman_reference).max()
 
     tracks_uvd, query_uv, mask = densification_input(rng)
-    literal, _ = densify_point_map_literal(tracks_uvd, query_uv, mask)
+    (literal, _), densify_reference_s = timed(lambda: densify_point_map_literal(tracks_uvd, query_uv, mask))
+    densify_vectorised_s = best_seconds(lambda: densify_point_map(tracks_uvd, query_uv, mask))
     dense, tracked = densify_point_map(tracks_uvd, query_uv, mask)
-    densify_reference_s = seconds(lambda: densify_point_map_literal(tracks_uvd, query_uv, mask))
-    densify_vectorised_s = seconds(lambda: densify_point_map(tracks_uvd, query_uv, mask), FAST_REPEATS)
 
     return {
         "kalman": {
@@ -115,7 +128,7 @@ def measure() -> dict:
             "frames": FRAME_COUNT,
             "occluded_point_frames": int((~visibility).sum()),
             "rts_smoothing": config.rts_smoothing,
-            "max_abs_difference_m": float(kalman_error.max()),
+            "max_abs_difference_m": float(kalman_error),
             "filterpy_loop_s": kalman_reference_s,
             "vectorised_s": kalman_vectorised_s,
             "speedup": kalman_reference_s / kalman_vectorised_s,

@@ -133,7 +133,7 @@ def _clips(sample: Sample, settings: PipelineSettings, backends: StageBackends) 
         from .clips import decode_clip
 
         frames, info = decode_clip(row.video, row.start, row.end, stride=settings.frame_stride)
-        clip = Clip(row.key, frames, row.caption, default_intrinsics(), {"kind": "video", "uri": row.video, **info, "intrinsics": "assumed 60 deg horizontal FOV"})
+        clip = Clip(row.key, frames, row.caption, default_intrinsics(), {"kind": "video", **info, "intrinsics": "assumed 60 deg horizontal FOV"})
         backend = f"pyav@{info.get('av_version', '')}"
     arrays = {"frames": clip.frames, "intrinsics": clip.intrinsics}
     meta = {"caption": clip.caption, "source": clip.source, "synthetic": clip.is_synthetic, "intrinsics": clip.intrinsics.tolist()}
@@ -212,7 +212,7 @@ def _tracks_3d(sample: Sample, settings: PipelineSettings, backends: StageBacken
 def _smoothed_tracks(sample: Sample, settings: PipelineSettings, backends: StageBackends) -> Outcome:
     tracks = sample.arrays("tracks_3d")
     config = KalmanConfig(rts_smoothing=settings.kalman_rts)
-    smoothed = smooth_tracks(tracks["tracks"], tracks["visibility"], sample.clip.intrinsics, config).astype(np.float32)
+    smoothed = smooth_tracks(tracks["tracks"], tracks["visibility"], sample.clip.intrinsics, config)
     stats = {"jitter_raw_px": mean_abs_acceleration(tracks["tracks"]), "jitter_smoothed_px": mean_abs_acceleration(smoothed)}
     truth = sample.clip.truth
     if truth is not None:

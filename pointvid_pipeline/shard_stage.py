@@ -6,7 +6,17 @@ import time
 
 from .pipeline import StageReport, mean_stage_stats
 from .settings import PipelineSettings
-from .shards import CHECKS, SCHEMA_VERSION, encode_mp4, file_md5, npz_bytes, png_bytes, sample_members, verify_shard, write_tar
+from .shards import (
+    CHECKS,
+    SCHEMA_VERSION,
+    encode_mp4,
+    file_md5,
+    npz_bytes,
+    png_bytes,
+    sample_members,
+    verify_shard,
+    write_tar,
+)
 from .stage_store import StageStore, atomic_path, atomic_write_json
 
 SAMPLE_JSON_FIELDS = ("caption", "objects", "synthetic", "intrinsics", "source", "backends", "stats", "kalman", "query_sampling", "row")

@@ -32,7 +32,7 @@ def encode_mp4(frames: np.ndarray, fps: float) -> bytes:
     """H.264 in MP4, in memory; one encoder thread so the bytes are reproducible."""
     buffer = io.BytesIO()
     with av.open(buffer, "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=int(round(fps)), options={"crf": str(MP4_CRF), "preset": "medium"})
+        stream = container.add_stream("libx264", rate=int(round(fps)), options={"crf": str(MP4_CRF), "preset": "veryfast"})
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         stream.codec_context.thread_count = 1
         for frame in frames:

@@ -1,6 +1,7 @@
 """Files between stages: `<data_dir>/stages/<stage>/<partition>/`.
 
-Each stage writes one `.npz` of arrays per accepted sample and, last, `_index.json` with the
+Each stage writes a folder of `.npy` arrays per accepted sample (`<key>/<name>.npy`, read back
+memory-mapped so a stage pages in only the arrays it touches) and, last, `_index.json` with the
 accepted keys (plus per-sample metadata) and the cumulative rejection ledger of the partition.
 Every file is written to a temporary name and renamed, so a killed run never leaves a file
 that looks complete; the index is written last, so a stage counts as done only once it exists.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -72,14 +74,18 @@ class StageStore:
         return self.root / stage / partition
 
     def write_arrays(self, stage: str, partition: str, key: str, arrays: dict[str, np.ndarray]) -> None:
-        path = self.partition_dir(stage, partition) / f"{key}.npz"
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
+        folder = self.partition_dir(stage, partition) / key
+        for stale in folder.glob("*.npy"):
+            if stale.stem not in arrays:
+                stale.unlink()
+        for name, array in arrays.items():
+            with atomic_path(folder / f"{name}.npy") as tmp, open(tmp, "wb") as f:
+                np.save(f, np.asarray(array), allow_pickle=False)
 
     def read_arrays(self, stage: str, partition: str, key: str) -> dict[str, np.ndarray]:
-        with np.load(self.partition_dir(stage, partition) / f"{key}.npz") as data:
-            return {name: data[name] for name in data.files}
+        """Read-only memory maps; copy an array before changing it."""
+        folder = self.partition_dir(stage, partition) / key
+        return {path.stem: np.load(path, mmap_mode="r") for path in sorted(folder.glob("*.npy"))}
 
     def write_index(self, index: StageIndex) -> None:
         atomic_write_json(self.partition_dir(index.stage, index.partition) / "_index.json", index.to_json())
@@ -92,8 +98,7 @@ class StageStore:
         return StageIndex(stage=data["stage"], partition=data["partition"], accepted=data["accepted"], rejected=data["rejected"])
 
     def remove_stale_samples(self, stage: str, partition: str, keep: set[str]) -> None:
-        """Delete sample files of an earlier run that this run did not accept."""
-        folder = self.partition_dir(stage, partition)
-        for path in folder.glob("*.npz"):
-            if path.stem not in keep:
-                path.unlink()
+        """Delete sample folders of an earlier run that this run did not accept."""
+        for folder in self.partition_dir(stage, partition).glob("*/"):
+            if folder.name not in keep:
+                shutil.rmtree(folder)

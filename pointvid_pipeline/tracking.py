@@ -33,9 +33,12 @@ class PointTracker(Protocol):
 def dis_flow(preset: str) -> cv2.DISOpticalFlow:
     """OpenCV DIS flow configured by name.
 
-    OpenCV ships ULTRAFAST, FAST and MEDIUM presets. "fine" matches 16x16 patches at full resolution
-    (finest scale 0) with no overlap and no variational refinement: on warped real frames it halves
-    MEDIUM's drift (median 0.27 px vs 0.55 px after 15 chained steps) for about the same CPU time.
+    OpenCV ships ULTRAFAST, FAST and MEDIUM presets. "fine" is MEDIUM's coarse-to-fine patch search
+    carried down to full resolution (finest scale 0, patch stride 4) without the variational
+    refinement, which at full resolution costs more than it gains. Measured on the default synthetic
+    scenes (objects falling up to ~20 px/frame), median foreground error over 15 chained steps:
+    1.8-5.0 px against MEDIUM's 1.9-9.2 px, at ~1.4x its time; on real frames warped by known
+    transforms both stay under 0.5 px.
     """
     presets = {
         "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
@@ -48,9 +51,8 @@ def dis_flow(preset: str) -> cv2.DISOpticalFlow:
     flow = cv2.DISOpticalFlow_create(presets[preset])
     if preset == "fine":
         flow.setFinestScale(0)
-        flow.setPatchSize(16)
-        flow.setPatchStride(16)
-        flow.setGradientDescentIterations(12)
+        flow.setPatchStride(4)
+        flow.setGradientDescentIterations(25)
         flow.setVariationalRefinementIterations(0)
     return flow
 
@@ -88,7 +90,7 @@ class OpticalFlowTracker:
     name = "dis-flow-chain"
     version = f"1-opencv{cv2.__version__}"
 
-    preset: str = "fine"  # see dis_flow; "medium" drifts about twice as much at similar cost
+    preset: str = "fine"  # see dis_flow
     min_round_trip_px: float = 1.0  # forward-backward error always tolerated (flow noise)
     relative_round_trip: float = 0.05  # plus this fraction of the step length (fast motion is less exact)
 

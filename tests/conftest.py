@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-SHARED_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "videos"
+from media import SHARED_VIDEOS
 
 
 @pytest.fixture(scope="session")

@@ -29,3 +29,16 @@ def textured_frames(count: int, height: int = 256, width: int = 448, seed: int =
     coarse = rng.integers(30, 220, size=(height // 16 + 1, width // 16 + 1, 3)).astype(np.uint8)
     image = np.kron(coarse, np.ones((16, 16, 1), np.uint8))[:height, :width]
     return np.repeat(image[None], count, axis=0)
+
+
+SHARED_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "videos"
+
+
+def shared_video(name: str) -> Path:
+    """A real clip from ../shared/videos (never committed); skips, saying why, when it is absent."""
+    import pytest
+
+    path = SHARED_VIDEOS / name
+    if not path.is_file():
+        pytest.skip(f"shared test video {path} is absent (the tests read real clips from ../shared/videos)")
+    return path

@@ -9,20 +9,13 @@ import av
 import fsspec
 import numpy as np
 import pytest
+from media import shared_video, write_video
 
 from pointvid_pipeline.clip import FRAME_COUNT, FRAME_HEIGHT, FRAME_WIDTH
 from pointvid_pipeline.clips import decode_clip
 from pointvid_pipeline.rejections import RejectionReason, SampleRejected
 
-VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "videos"
 VIDEO_NAMES = ["01_dog.mp4", "02_cups.mp4", "03_blocks.mp4", "04_coffee.mp4", "05_juggle.mp4", "bedroom.mp4"]
-
-
-def shared_video(name: str) -> Path:
-    path = VIDEOS / name
-    if not path.is_file():
-        pytest.skip(f"shared test video {path} is absent (the tests read real clips from ../shared/videos)")
-    return path
 
 
 def rejection(uri, **kwargs) -> SampleRejected:
@@ -57,20 +50,6 @@ def remux(src: Path, dst: Path, faststart: bool) -> Path:
             packet.stream = out_stream
             out.mux(packet)
     return dst
-
-
-def write_video(path: Path, frames: np.ndarray, fps: int = 24, rotation_deg: int = 0) -> Path:
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        if rotation_deg:
-            stream.set_display_rotation(rotation_deg)
-        for image in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
 
 
 def noise_frames(count: int, height: int = 180, width: int = 320) -> np.ndarray:
@@ -169,7 +148,17 @@ def test_corrupt_packets_mid_stream_are_truncated_video(tmp_path):
     corrupt.write_bytes(bytes(data[:keep]) + bytes(len(data) - keep))
     error = rejection(corrupt)
     assert error.reason is RejectionReason.truncated_video
-    assert "decoder failed" in error.detail
+    assert "decoder failed after 8/16" in error.detail
+
+
+def test_stream_where_no_frame_decodes_is_unreadable(tmp_path):
+    # Zeroing everything after the moov atom (~13 kB): the container opens, no packet decodes.
+    data = shared_video("02_cups.mp4").read_bytes()
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(data[:13000] + bytes(len(data) - 13000))
+    error = rejection(garbage)
+    assert error.reason is RejectionReason.unreadable_video
+    assert "no frame decodes" in error.detail
 
 
 def test_unreadable_inputs(tmp_path):

@@ -6,8 +6,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from media import textured_frames, write_video
+
 from pointvid_pipeline.backends import lazy_backends
 from pointvid_pipeline.dataset import build_dataset
 from pointvid_pipeline.pipeline import STAGES, partition_rows, run_stage

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
+from media import shared_video
 
-from pointvid_pipeline.clip import FRAME_COUNT, FRAME_HEIGHT, FRAME_WIDTH, Clip, SceneTruth, default_intrinsics
+from pointvid_pipeline.clip import (
+    FRAME_COUNT,
+    FRAME_HEIGHT,
+    FRAME_WIDTH,
+    Clip,
+    SceneTruth,
+    default_intrinsics,
+)
 from pointvid_pipeline.clips import decode_clip
-from pointvid_pipeline.reference_masks import MotionSegmenter, RendererMasks, check_reference_mask
+from pointvid_pipeline.reference_masks import (
+    MotionSegmenter,
+    RendererMasks,
+    check_reference_mask,
+)
 from pointvid_pipeline.rejections import RejectionReason, SampleRejected
-
-VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "videos"
 
 
 def make_clip(frames: np.ndarray, truth: SceneTruth | None = None) -> Clip:
@@ -98,10 +106,7 @@ def test_motion_segmenter_sees_nothing_in_a_static_clip():
 
 @pytest.mark.parametrize("name", ["05_juggle.mp4", "bedroom.mp4"])
 def test_motion_segmenter_on_real_clip(name):
-    path = VIDEOS / name
-    if not path.is_file():
-        pytest.skip(f"shared test video {path} is absent (the tests read real clips from ../shared/videos)")
-    frames, _ = decode_clip(str(path))
+    frames, _ = decode_clip(str(shared_video(name)))
     labels = MotionSegmenter().segment(make_clip(frames), objects=["man", "ball"])
     assert labels.dtype == np.int32 and labels.shape == (FRAME_HEIGHT, FRAME_WIDTH)
     instance_ids = np.unique(labels[labels > 0])

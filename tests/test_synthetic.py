@@ -10,7 +10,13 @@ import pybullet as p
 import pybullet_data
 import pytest
 
-from pointvid_pipeline.clip import FRAME_COUNT, FRAME_HEIGHT, FRAME_WIDTH, SYNTHETIC_CAPTION_TAG, unproject
+from pointvid_pipeline.clip import (
+    FRAME_COUNT,
+    FRAME_HEIGHT,
+    FRAME_WIDTH,
+    SYNTHETIC_CAPTION_TAG,
+    unproject,
+)
 from pointvid_pipeline.synthetic import (
     OBJECT_KINDS,
     SceneSpec,

@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
+from media import shared_video
 
 from pointvid_pipeline.clip import FRAME_COUNT, FRAME_HEIGHT, FRAME_WIDTH
 from pointvid_pipeline.clips import decode_clip
 from pointvid_pipeline.tracking import OpticalFlowTracker
 
-VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "videos"
 IMAGE_BOUNDS = np.array([FRAME_WIDTH - 1, FRAME_HEIGHT - 1])
 
 
 def scene_image(name: str) -> np.ndarray:
     """A real frame larger than the clip, so warped frames show real content at every border."""
-    path = VIDEOS / name
-    if not path.is_file():
-        pytest.skip(f"shared test video {path} is absent (the tests read real clips from ../shared/videos)")
-    frames, _ = decode_clip(str(path), frame_count=1, width=800, height=450)
+    frames, _ = decode_clip(str(shared_video(name)), frame_count=1, width=800, height=450)
     return frames[0]
 
 

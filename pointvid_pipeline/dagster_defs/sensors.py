@@ -1,7 +1,13 @@
 """Registers one dynamic partition per shard of the configured input (manifest or default scenes)."""
 
 
-from dagster import DefaultSensorStatus, SensorEvaluationContext, SensorResult, SkipReason, sensor
+from dagster import (
+    DefaultSensorStatus,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
 
 from ..pipeline import partition_rows
 from .assets import clip_shards
