@@ -13,6 +13,9 @@ import sys
 from pathlib import Path
 
 
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # the progress bar tells the story; the UI has the logs
+
+
 def _apply_arguments_to_environment(args) -> None:
     """The CLI sets the same POINTVID_* variables the Dagster definitions read."""
     if args.data_dir:
@@ -34,7 +37,8 @@ def _settings_and_home(args):
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(settings.data_dir / "dagster_home"))).resolve()
     os.environ["DAGSTER_HOME"] = str(home)
     home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").touch()
+    if not (home / "dagster.yaml").exists():
+        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     return settings, home
 
 
@@ -85,10 +89,10 @@ def run(args) -> int:
         with tqdm(partitions, desc="shards", unit="shard") as progress:
             for partition in progress:
                 progress.set_postfix_str(partition)
-                result = curate.execute_in_process(partition_key=partition, instance=instance, raise_on_error=False)
+                result = curate.execute_in_process(partition_key=partition, instance=instance, run_config=QUIET, raise_on_error=False)
                 if not result.success:
                     failed.append(partition)
-        dataset_ok = defs.resolve_job_def("build_dataset").execute_in_process(instance=instance, raise_on_error=False).success
+        dataset_ok = defs.resolve_job_def("build_dataset").execute_in_process(instance=instance, run_config=QUIET, raise_on_error=False).success
     summary_path = settings.dataset_dir / "summary.json"
     print(f"shards:       {settings.shards_dir}")
     print(f"dataset card: {settings.dataset_dir / 'README.md'}")

@@ -8,7 +8,7 @@ Sample schema (SCHEMA_VERSION; documented in docs/architecture.md). Members per 
                      carry their own track (the rest are interpolated from 3 neighbours);
 - `<key>.mask.png`   (256, 448) uint8 instance labels of the reference frame (0 = background);
 - `<key>.json`       caption, objects, intrinsics, backends and versions, source and clip times, stats.
-Bytes are deterministic: fixed member order, mtime 0, fixed zip timestamps, single-threaded x264.
+Bytes are deterministic: fixed member order, mtime 0, fixed zip timestamps, single-threaded x264 without mbtree.
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ MP4_CRF = 18
 
 
 def encode_mp4(frames: np.ndarray, fps: float) -> bytes:
-    """H.264 in MP4, in memory; one encoder thread so the bytes are reproducible."""
+    """H.264 in MP4, in memory. One encoder thread and no macroblock-tree rate control: with mbtree
+    on, this x264 build gives different bytes for the same frames from one call to the next."""
     buffer = io.BytesIO()
     with av.open(buffer, "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=int(round(fps)), options={"crf": str(MP4_CRF), "preset": "veryfast"})
+        stream = container.add_stream("libx264", rate=int(round(fps)), options={"crf": str(MP4_CRF), "preset": "veryfast", "x264-params": "mbtree=0"})
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         stream.codec_context.thread_count = 1
         for frame in frames:

@@ -20,6 +20,10 @@ from pathlib import Path
 import numpy as np
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 @contextmanager
 def atomic_path(path: Path):
     """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""
@@ -28,6 +32,7 @@ def atomic_path(path: Path):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are shared data
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -12,9 +12,10 @@ from dagster import AssetKey, DagsterInstance, SkipReason, build_sensor_context
 from pointvid_pipeline.dagster_defs.assets import clip_shards
 from pointvid_pipeline.dagster_defs.definitions import build_definitions
 from pointvid_pipeline.dagster_defs.sensors import clip_shard_partitions
-from pointvid_pipeline.pipeline import STAGES, partition_rows
+from pointvid_pipeline.backends import lazy_backends
+from pointvid_pipeline.pipeline import STAGES, partition_rows, run_stage
 from pointvid_pipeline.settings import PipelineSettings
-from pointvid_pipeline.shards import CHECKS, MEMBER_SUFFIXES, load_points, read_samples
+from pointvid_pipeline.shards import CHECKS, MEMBER_SUFFIXES, file_md5, load_points, read_samples
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,3 +93,12 @@ def test_workspace_definitions_load_with_the_dagster_cli(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "POINTVID_DATA_DIR": str(tmp_path / "data")}
     done = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"], cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_rerun_in_another_folder_writes_byte_identical_shards(run, tmp_path):
+    settings, partition, _, _, _ = run
+    again = PipelineSettings(data_dir=tmp_path)
+    backends = lazy_backends("cpu")
+    for stage in STAGES:
+        run_stage(stage, partition, again, backends)
+    assert file_md5(again.shards_dir / f"{partition}.tar") == file_md5(settings.shards_dir / f"{partition}.tar")

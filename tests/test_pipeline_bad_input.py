@@ -13,6 +13,7 @@ from pointvid_pipeline.dataset import build_dataset
 from pointvid_pipeline.pipeline import STAGES, partition_rows, run_stage
 from pointvid_pipeline.settings import PipelineSettings
 from pointvid_pipeline.shards import read_samples
+from pointvid_pipeline.stage_store import StageStore
 
 
 @pytest.fixture(scope="module")
@@ -80,4 +81,27 @@ def test_no_partial_files_and_the_empty_shard_is_valid(bad_run):
     settings, partition, _, _ = bad_run
     leftovers = [p for p in settings.data_dir.rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == []
+    assert read_samples(settings.shards_dir / f"{partition}.tar") == {}
+
+
+def test_scene_cut_after_the_reference_frame_leaves_no_visible_track(tmp_path):
+    """A rendered scene whose frames 1-15 are replaced by unrelated content (a hard cut)."""
+    settings = PipelineSettings(data_dir=tmp_path, shard_size=1)
+    backends = lazy_backends("cpu")
+    partition = "shard-00000"
+    for stage in STAGES[: STAGES.index("tracks_3d")]:
+        run_stage(stage, partition, settings, backends)
+    store = StageStore(settings.stages_dir)
+    (key,) = store.read_index("depth", partition).accepted
+    clip_arrays = {name: np.array(array) for name, array in store.read_arrays("clips", partition, key).items()}
+    clip_arrays["frames"][1:] = np.random.default_rng(0).integers(0, 256, clip_arrays["frames"][1:].shape, dtype=np.uint8)
+    store.write_arrays("clips", partition, key, clip_arrays)
+
+    report = run_stage("tracks_3d", partition, settings, backends)
+    for stage in STAGES[STAGES.index("tracks_3d") + 1 :]:
+        run_stage(stage, partition, settings, backends)
+
+    assert report.accepted == 0 and report.rejected_here == {"no_visible_track": 1}
+    (row,) = json.loads((settings.shards_dir / f"{partition}.json").read_text())["rejected"]
+    assert (row["key"], row["stage"], row["reason"]) == (key, "tracks_3d", "no_visible_track")
     assert read_samples(settings.shards_dir / f"{partition}.tar") == {}
