@@ -95,7 +95,7 @@ def _read_table(uri: str) -> list[dict]:
 def _parent_uri(uri: str) -> str:
     if "://" in uri:
         return uri.rsplit("/", 1)[0]
-    return str(Path(uri).resolve().parent)
+    return str(Path(uri).absolute().parent)
 
 
 def _resolve(video: str, base: str) -> str:
