@@ -1,0 +1,27 @@
+"""The Panda-70M-layout manifest of the shared real clips through the cpu profile."""
+
+import json
+
+from pointvid_pipeline.backends import lazy_backends
+from pointvid_pipeline.pipeline import STAGES, partition_rows, run_stage
+from pointvid_pipeline.settings import PipelineSettings
+from pointvid_pipeline.stage_store import StageStore
+
+
+def test_real_clips_are_segmented_then_ledgered_for_missing_depth(shared_videos, tmp_path):
+    settings = PipelineSettings(data_dir=tmp_path, manifest=str(shared_videos / "panda70m_style.csv"))
+    backends = lazy_backends("cpu")
+    (partition,) = partition_rows(settings)
+    reports = {stage: run_stage(stage, partition, settings, backends) for stage in STAGES}
+
+    store = StageStore(settings.stages_dir)
+    masks = store.read_index("reference_masks", partition)
+    assert len(masks.accepted) == 5  # every clip decoded, named and segmented by motion
+    for key, meta in masks.accepted.items():
+        labels = store.read_arrays("reference_masks", partition, key)["labels"]
+        assert labels.shape == (256, 448) and (labels > 0).any()
+        assert meta["source"]["first_frame_s"] >= meta["input"].get("start", 0.0) - 1e-3
+        assert meta["backends"]["reference_masks"].startswith("motion-grabcut@")
+    assert reports["depth"].rejected_here == {"no_depth_backend": 5}
+    index = json.loads((settings.shards_dir / f"{partition}.json").read_text())
+    assert index["input_rows"] == 5 and index["samples"] == []
