@@ -12,15 +12,31 @@ import importlib
 import os
 
 from .pipeline import StageBackends
+from .rejections import BackendUnavailable
 
 BACKENDS: dict[str, dict[str, str]] = {
-    "object_extractor": {"lexical": "pointvid_pipeline.object_prompts:LexicalObjectExtractor"},
-    "segmenter": {"motion-grabcut": "pointvid_pipeline.reference_masks:MotionSegmenter"},
-    "depth_estimator": {"renderer": "pointvid_pipeline.depth:RendererDepth"},
-    "point_tracker": {"optical-flow": "pointvid_pipeline.tracking:OpticalFlowTracker"},
+    "object_extractor": {
+        "lexical": "pointvid_pipeline.object_prompts:LexicalObjectExtractor",
+        "llm-http": "pointvid_pipeline.object_prompts_llm:ChatEndpointObjectExtractor",
+        "llm-transformers": "pointvid_pipeline.object_prompts_llm:TransformersObjectExtractor",
+    },
+    "segmenter": {
+        "motion-grabcut": "pointvid_pipeline.reference_masks:MotionSegmenter",
+        "grounded-sam2": "pointvid_pipeline.reference_masks_grounded_sam2:GroundedSam2Segmenter",
+    },
+    "depth_estimator": {
+        "renderer": "pointvid_pipeline.depth:RendererDepth",
+        "zoedepth": "pointvid_pipeline.depth_zoedepth:ZoeDepthEstimator",
+    },
+    "point_tracker": {
+        "optical-flow": "pointvid_pipeline.tracking:OpticalFlowTracker",
+        "spatracker": "pointvid_pipeline.tracking_adapters:SpaTrackerTracker",
+        "cotracker3": "pointvid_pipeline.tracking_adapters:CoTracker3Tracker",
+    },
 }
 PROFILE_BACKENDS: dict[str, dict[str, str]] = {
     "cpu": {"object_extractor": "lexical", "segmenter": "motion-grabcut", "depth_estimator": "renderer", "point_tracker": "optical-flow"},
+    "paper": {"object_extractor": "llm-transformers", "segmenter": "grounded-sam2", "depth_estimator": "zoedepth", "point_tracker": "spatracker"},
 }
 
 
@@ -41,8 +57,14 @@ def create_backend(kind: str, name: str):
     except KeyError:
         raise ValueError(f"unknown {kind} backend {name!r}; known: {sorted(BACKENDS.get(kind, {}))}") from None
     module, attribute = target.split(":")
-    backend = getattr(importlib.import_module(module), attribute)()
-    backend.setup()
+    try:
+        backend_class = getattr(importlib.import_module(module), attribute)
+        backend = backend_class.from_env() if hasattr(backend_class, "from_env") else backend_class()
+        backend.setup()
+    except BackendUnavailable:
+        raise
+    except Exception as exc:
+        raise BackendUnavailable(f"{kind} backend {name!r} could not be loaded: {type(exc).__name__}: {exc}") from exc
     return backend
 
 

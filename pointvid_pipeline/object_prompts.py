@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -19,15 +20,25 @@ from .rejections import RejectionReason, SampleRejected
 VOCABULARY_PATH = Path(__file__).resolve().parents[1] / "assets" / "vocabulary" / "objects.json"
 
 
-class ObjectExtractor(Protocol):
-    """Captions in, object names out (lower-case, de-duplicated, in caption order)."""
+@dataclass(frozen=True)
+class ExtractedObjects:
+    """Object names for one caption (lower-case, de-duplicated, in caption order) and who named them.
 
+    `source` is empty when the backend itself answered, or says what stood in for it, e.g.
+    "lexical@vocabulary-1a2b3c4d (fallback: answer not grounded in the caption)".
+    """
+
+    names: list[str]
+    source: str = ""
+
+
+class ObjectExtractor(Protocol):
     name: str
     version: str
 
     def setup(self) -> None: ...
 
-    def extract(self, captions: list[str]) -> list[list[str]]: ...
+    def extract(self, captions: list[str]) -> list[ExtractedObjects]: ...
 
 
 class LexicalObjectExtractor:
@@ -49,10 +60,10 @@ class LexicalObjectExtractor:
         self._pattern = re.compile(r"\b(" + "|".join(re.escape(p) for p in phrases) + r")\b")
         self.version = f"vocabulary-{hashlib.sha1(raw).hexdigest()[:8]}"
 
-    def extract(self, captions: list[str]) -> list[list[str]]:
+    def extract(self, captions: list[str]) -> list[ExtractedObjects]:
         if self._pattern is None:
             self.setup()
-        return [self._extract_one(caption) for caption in captions]
+        return [ExtractedObjects(self._extract_one(caption)) for caption in captions]
 
     def _extract_one(self, caption: str) -> list[str]:
         text = caption.replace(SYNTHETIC_CAPTION_TAG, " ").lower()

@@ -24,7 +24,7 @@ from .point_maps import densify_point_map
 from .quality import mean_abs_acceleration, track_error_stats
 from .query_points import sample_query_points, sample_seed
 from .reference_masks import ReferenceSegmenter, RendererMasks, check_reference_mask
-from .rejections import RejectionReason, SampleRejected
+from .rejections import BackendUnavailable, RejectionReason, SampleRejected
 from .settings import PipelineSettings
 from .smoothing import KalmanConfig, smooth_tracks
 from .stage_store import StageIndex, StageStore
@@ -155,15 +155,19 @@ def _object_prompts(samples: list[Sample], settings: PipelineSettings, backends:
     """Batched: one extractor call for the whole partition (an LLM serves batches far better)."""
     try:
         extractor = backends.object_extractor()
-        names = extractor.extract([s.meta["caption"] for s in samples]) if samples else []
+        extractions = extractor.extract([s.meta["caption"] for s in samples]) if samples else []
+    except BackendUnavailable:
+        raise
     except Exception as exc:
         yield from [_backend_failure("object_prompts", "(batch)", exc)] * len(samples)
         return
-    for objects in names:
+    for extraction in extractions:
         try:
-            yield {}, {"objects": objects_for_caption(objects), "backends": {"object_prompts": _backend_tag(extractor)}}
+            objects = objects_for_caption(extraction.names)
         except SampleRejected as rejection:
             yield rejection
+            continue
+        yield {}, {"objects": objects, "backends": {"object_prompts": extraction.source or _backend_tag(extractor)}}
 
 
 def _reference_masks(sample: Sample, settings: PipelineSettings, backends: StageBackends) -> Outcome:
@@ -263,6 +267,8 @@ def _per_sample(stage: str, function) -> Callable[[list[Sample], PipelineSetting
                 yield function(sample, settings, backends)
             except SampleRejected as rejection:
                 yield rejection
+            except BackendUnavailable:
+                raise
             except Exception as exc:
                 yield _backend_failure(stage, sample.key, exc)
 

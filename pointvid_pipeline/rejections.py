@@ -20,6 +20,14 @@ class RejectionReason(str, Enum):
     backend_error = "backend_error"  # a model backend raised on this sample (transient: can be retried)
 
 
+class BackendUnavailable(RuntimeError):
+    """A configured backend cannot load (missing weights, checkout or endpoint, no CUDA).
+
+    Not a property of one sample: the stage fails, and the message names the model id or path
+    and how to obtain it. Never answered by silently switching to another backend.
+    """
+
+
 class SampleRejected(Exception):
     """Raised by stage logic for one sample; the stage runner turns it into a ledger row."""
 
