@@ -32,6 +32,7 @@ STAGE_DESCRIPTIONS = {
     "point_maps": "Algorithm 1: (T, H, W, 3) uvd map, background 0, untracked foreground pixels interpolated from their 3 nearest tracked points (cKDTree, inverse-distance weights).",
     "pointvid_shards": "One WebDataset tar per partition (mp4, points.npz, mask.png, json per sample) written atomically, with an index; blocking checks on its contents.",
 }
+MODEL_STAGES = {"object_prompts", "reference_masks", "depth", "tracks_3d"}  # run in the `gpu` pool (see README)
 STAGE_KINDS = {
     "clips": {"python", "video"},
     "object_prompts": {"python", "text"},
@@ -73,6 +74,7 @@ def _stage_asset(stage: str, upstream: str | None):
         group_name=GROUP,
         kinds=STAGE_KINDS[stage],
         check_specs=check_specs,
+        pool="gpu" if stage in MODEL_STAGES else None,
         required_resource_keys={"pipeline_settings", "object_extractor", "segmenter", "depth_estimator", "point_tracker"},
     )
     def _materialize(context: AssetExecutionContext) -> MaterializeResult:
