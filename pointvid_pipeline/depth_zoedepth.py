@@ -145,7 +145,7 @@ def preprocess(frames: np.ndarray, settings: ZoePreprocessing, device: str, dtyp
     """(T, H, W, 3) uint8 RGB -> (T, 3, h, w) model input, plus the padding applied to (H, W)."""
     import torch
 
-    images = torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2).float() * settings.rescale_factor
+    images = torch.from_numpy(np.array(frames)).to(device).permute(0, 3, 1, 2).float() * settings.rescale_factor
     images, padding = pad_and_resize(images, settings)
     mean = torch.tensor(settings.image_mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(settings.image_std, device=device).view(1, 3, 1, 1)

@@ -167,7 +167,8 @@ def _object_prompts(samples: list[Sample], settings: PipelineSettings, backends:
         except SampleRejected as rejection:
             yield rejection
             continue
-        yield {}, {"objects": objects, "backends": {"object_prompts": extraction.source or _backend_tag(extractor)}}
+        tag = _backend_tag(extractor) + (f" -> {extraction.source}" if extraction.source else "")
+        yield {}, {"objects": objects, "backends": {"object_prompts": tag}}
 
 
 def _reference_masks(sample: Sample, settings: PipelineSettings, backends: StageBackends) -> Outcome:

@@ -133,7 +133,7 @@ def video_tensor(frames: np.ndarray, device: str):
     """(T, H, W, 3) uint8 -> (1, T, 3, H, W) float32 in 0-255, as both upstream predictors take it."""
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)[None].float().to(device)
+    return torch.from_numpy(np.array(frames)).permute(0, 3, 1, 2)[None].float().to(device)
 
 
 @dataclass
@@ -214,7 +214,7 @@ class SpaTrackerTracker:
         with torch.inference_mode():
             outputs = self.predictor(
                 video_tensor(frames, self.device),
-                video_depth=torch.from_numpy(np.ascontiguousarray(depth, np.float32))[:, None].to(self.device),
+                video_depth=torch.from_numpy(np.array(depth, np.float32))[:, None].to(self.device),
                 queries=first_frame_queries(queries, self.device),
                 grid_size=0,
                 wind_length=self.window_length,

@@ -2,8 +2,11 @@
 
 import json
 
+import pytest
+
 from pointvid_pipeline.backends import lazy_backends
 from pointvid_pipeline.pipeline import STAGES, partition_rows, run_stage
+from pointvid_pipeline.rejections import BackendUnavailable
 from pointvid_pipeline.settings import PipelineSettings
 from pointvid_pipeline.stage_store import StageStore
 
@@ -25,3 +28,17 @@ def test_real_clips_are_segmented_then_ledgered_for_missing_depth(shared_videos,
     assert reports["depth"].rejected_here == {"no_depth_backend": 5}
     index = json.loads((settings.shards_dir / f"{partition}.json").read_text())
     assert index["input_rows"] == 5 and index["samples"] == []
+
+
+def test_a_missing_model_stops_the_stage_instead_of_ledgering_samples(shared_videos, tmp_path, monkeypatch):
+    monkeypatch.setenv("POINTVID_DEPTH_ESTIMATOR_BACKEND", "zoedepth")
+    monkeypatch.setenv("POINTVID_ZOEDEPTH_MODEL", str(tmp_path / "no_such_model"))
+    settings = PipelineSettings(data_dir=tmp_path / "data", manifest=str(shared_videos / "panda70m_style.csv"))
+    backends = lazy_backends("cpu")
+    (partition,) = partition_rows(settings)
+    for stage in STAGES[: STAGES.index("depth")]:
+        run_stage(stage, partition, settings, backends)
+    with pytest.raises(BackendUnavailable) as info:
+        run_stage("depth", partition, settings, backends)
+    assert "no_such_model" in str(info.value) and "POINTVID_ZOEDEPTH_MODEL" in str(info.value)
+    assert not (settings.stages_dir / "depth" / partition / "_index.json").exists()
