@@ -171,10 +171,33 @@ def _object_prompts(samples: list[Sample], settings: PipelineSettings, backends:
         yield {}, {"objects": objects, "backends": {"object_prompts": tag}}
 
 
-def _reference_masks(sample: Sample, settings: PipelineSettings, backends: StageBackends) -> Outcome:
-    clip = sample.clip
-    segmenter = RendererMasks() if clip.is_synthetic else backends.segmenter()
-    labels = check_reference_mask(segmenter.segment(clip, sample.meta["objects"]))
+def _reference_masks(samples: list[Sample], settings: PipelineSettings, backends: StageBackends) -> Iterator[Outcome | SampleRejected]:
+    """Batched: chunks of `batch_size` real clips go to the segmenter together (one encoder pass)."""
+    outcomes: dict[str, Outcome | SampleRejected] = {}
+    synthetic = [s for s in samples if s.meta["synthetic"]]
+    real = [s for s in samples if not s.meta["synthetic"]]
+    groups = [(RendererMasks(), synthetic[i : i + settings.batch_size]) for i in range(0, len(synthetic), settings.batch_size)]
+    groups += [(None, real[i : i + settings.batch_size]) for i in range(0, len(real), settings.batch_size)]
+    for segmenter, chunk in groups:
+        try:
+            segmenter = segmenter or backends.segmenter()
+            label_maps = segmenter.segment([s.clip for s in chunk], [s.meta["objects"] for s in chunk])
+        except BackendUnavailable:
+            raise
+        except Exception as exc:
+            outcomes.update({s.key: _backend_failure("reference_masks", s.key, exc) for s in chunk})
+            continue
+        for sample, labels in zip(chunk, label_maps):
+            outcomes[sample.key] = _reference_mask_outcome(labels, segmenter)
+    for sample in samples:
+        yield outcomes[sample.key]
+
+
+def _reference_mask_outcome(labels: np.ndarray, segmenter: ReferenceSegmenter) -> Outcome | SampleRejected:
+    try:
+        labels = check_reference_mask(labels)
+    except SampleRejected as rejection:
+        return rejection
     fg = labels > 0
     stats = {"foreground_fraction": float(fg.mean()), "instances": int(len(np.unique(labels[fg])))}
     return {"labels": labels.astype(np.int32)}, _with_stats({"backends": {"reference_masks": _backend_tag(segmenter)}}, "reference_masks", stats)
@@ -279,7 +302,7 @@ def _per_sample(stage: str, function) -> Callable[[list[Sample], PipelineSetting
 STAGE_FUNCTIONS = {
     "clips": _per_sample("clips", _clips),
     "object_prompts": _object_prompts,
-    "reference_masks": _per_sample("reference_masks", _reference_masks),
+    "reference_masks": _reference_masks,
     "query_points": _per_sample("query_points", _query_points),
     "depth": _per_sample("depth", _depth),
     "tracks_3d": _per_sample("tracks_3d", _tracks_3d),

@@ -25,8 +25,11 @@ class ReferenceSegmenter(Protocol):
     def setup(self) -> None:
         """Load models once per process (a no-op for CPU backends)."""
 
-    def segment(self, clip: Clip, objects: list[str]) -> np.ndarray:
-        """(H, W) int32 instance labels on frame 0; 0 = background, 1..K = instances."""
+    def segment(self, clips: list[Clip], objects: list[list[str]]) -> list[np.ndarray]:
+        """One (H, W) int32 instance-label map on frame 0 per clip (0 = background, 1..K), in order.
+
+        Batched so a model backend encodes several reference frames in one pass.
+        """
 
 
 def check_reference_mask(labels: np.ndarray) -> np.ndarray:
@@ -45,7 +48,11 @@ class RendererMasks:
     def setup(self) -> None:
         pass
 
-    def segment(self, clip: Clip, objects: list[str]) -> np.ndarray:
+    def segment(self, clips: list[Clip], objects: list[list[str]]) -> list[np.ndarray]:
+        return [self._segment_one(clip) for clip in clips]
+
+    @staticmethod
+    def _segment_one(clip: Clip) -> np.ndarray:
         if clip.truth is None:
             raise ValueError(f"clip {clip.key!r} is real video: renderer masks exist only for synthetic clips")
         return clip.truth.instance_masks[0].astype(np.int32)
@@ -83,7 +90,10 @@ class MotionSegmenter:
     def setup(self) -> None:
         pass
 
-    def segment(self, clip: Clip, objects: list[str]) -> np.ndarray:
+    def segment(self, clips: list[Clip], objects: list[list[str]]) -> list[np.ndarray]:
+        return [self._segment_one(clip) for clip in clips]
+
+    def _segment_one(self, clip: Clip) -> np.ndarray:
         frames = clip.frames
         last = len(frames) - 1
         targets = sorted({max(1, round(fraction * last)) for fraction in self.target_fractions})

@@ -55,20 +55,31 @@ def build_prompt(objects: list[str]) -> str:
 
 
 def detections_from_outputs(processor, outputs, input_ids, box_threshold: float, text_threshold: float,
-                            height: int, width: int) -> Detections:
-    """Boxes scored above `box_threshold`, mapped from normalised (cx, cy, w, h) to the frame, clipped to it.
+                            image_sizes: list[tuple[int, int]]) -> list[Detections]:
+    """Per image of the batch: boxes scored above `box_threshold`, mapped from normalised (cx, cy, w, h) to
+    that image's (height, width) frame and clipped to it.
 
-    Boxes that clipping leaves without area are dropped (they point outside the image).
+    `input_ids` is the padded (B, L) batch the detector saw: post-processing reads row i for image i's
+    phrases, and padding tokens never match (the detector sets their logits to -inf). Boxes that
+    clipping leaves without area are dropped (they point outside the image).
     """
-    result = processor.post_process_grounded_object_detection(
-        outputs, input_ids, threshold=box_threshold, text_threshold=text_threshold, target_sizes=[(height, width)]
-    )[0]
-    boxes = result["boxes"].float().cpu().numpy().reshape(-1, 4)
-    scores = result["scores"].float().cpu().numpy()
-    boxes = np.clip(boxes, 0.0, [width, height, width, height]).astype(np.float32)
-    has_area = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    order = [index for index in np.argsort(-scores, kind="stable") if has_area[index]]
-    return Detections(boxes[order], scores[order].astype(np.float32), [result["text_labels"][index] for index in order])
+    results = processor.post_process_grounded_object_detection(
+        outputs, input_ids, threshold=box_threshold, text_threshold=text_threshold, target_sizes=image_sizes
+    )
+    detections = []
+    for result, (height, width) in zip(results, image_sizes, strict=True):
+        boxes = result["boxes"].float().cpu().numpy().reshape(-1, 4)
+        scores = result["scores"].float().cpu().numpy()
+        boxes = np.clip(boxes, 0.0, [width, height, width, height]).astype(np.float32)
+        has_area = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        order = [index for index in np.argsort(-scores, kind="stable") if has_area[index]]
+        detections.append(Detections(boxes[order], scores[order].astype(np.float32),
+                                     [result["text_labels"][index] for index in order]))
+    return detections
+
+
+def no_detections() -> Detections:
+    return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), [])
 
 
 def sam2_pixel_values(image: np.ndarray, size: int) -> np.ndarray:
@@ -162,8 +173,10 @@ def load_grounding_dino_processor(model: str):
 class GroundedSam2Segmenter:
     """Open-vocabulary instance masks on frame 0: Grounding DINO boxes for the object names, SAM2 masks per box.
 
-    Every box of the image goes through SAM2 in one call (the image is encoded once). Detections
-    beyond `max_instances` (lowest scores) are not segmented. The phrase each instance matched is
+    Batched over clips: one Grounding DINO forward for all reference frames of a batch (each with its
+    own prompt), one SAM2 image-encoder pass for all frames that have boxes, then SAM2's decoder once
+    per frame with all of its boxes. A clip's map does not depend on the other clips of its batch.
+    Detections beyond `max_instances` (lowest scores) are not segmented. The phrase each instance matched is
     logged, not returned: the stage protocol carries only the label map.
     """
 
@@ -216,47 +229,79 @@ class GroundedSam2Segmenter:
             f"box>{self.box_threshold};text>{self.text_threshold};torch{torch.__version__}"
         )
 
-    def segment(self, clip: Clip, objects: list[str]) -> np.ndarray:
-        image = clip.frames[0]
-        height, width = image.shape[:2]
-        detections = self.detect(image, objects)
-        kept = slice(0, self.max_instances)
-        boxes, scores = detections.boxes[kept], detections.scores[kept]
-        logger.info("%s: %d detections for %r: %s", clip.key, len(detections.scores), build_prompt(objects),
-                    ", ".join(f"{phrase}:{score:.2f}" for phrase, score in zip(detections.phrases, detections.scores)))
-        if len(boxes) == 0:
-            return np.zeros((height, width), np.int32)
-        masks = self.masks_for_boxes(image, boxes)
-        min_area = max(1, int(self.min_instance_fraction * height * width))
-        return merge_instance_masks(masks, scores, min_area, self.max_instances)
+    def segment(self, clips: list[Clip], objects: list[list[str]]) -> list[np.ndarray]:
+        """One (H, W) int32 label map on frame 0 per clip, in order; a clip with no object names gets zeros."""
+        if len(clips) != len(objects):
+            raise ValueError(f"{len(clips)} clips but {len(objects)} object lists")
+        images = [clip.frames[0] for clip in clips]
+        detections = self.detect(images, objects)
+        for clip, names, found in zip(clips, objects, detections):
+            logger.info("%s: %d detections for %r: %s", clip.key, len(found.scores), build_prompt(names),
+                        ", ".join(f"{phrase}:{score:.2f}" for phrase, score in zip(found.phrases, found.scores)))
+        masks = self.masks_for_boxes(images, [found.boxes[:self.max_instances] for found in detections])
+        labels = []
+        for image, found, image_masks in zip(images, detections, masks):
+            height, width = image.shape[:2]
+            min_area = max(1, int(self.min_instance_fraction * height * width))
+            scores = found.scores[:self.max_instances]
+            labels.append(merge_instance_masks(image_masks, scores, min_area, self.max_instances))
+        return labels
 
-    def detect(self, image: np.ndarray, objects: list[str]) -> Detections:
-        """Grounding DINO on one RGB uint8 image; boxes in that image's frame, best first."""
+    def detect(self, images: list[np.ndarray], objects: list[list[str]]) -> list[Detections]:
+        """Grounding DINO on RGB uint8 images, each with its own object names, in one forward pass.
+
+        Boxes per image in that image's frame, best first. Images whose names make an empty prompt
+        get no detections and stay out of the batch. Prompts are padded to the longest; the padding
+        is masked inside the detector (attention and logits), so an image's detections do not
+        depend on the other prompts of the batch.
+        """
         import torch
 
-        prompt = build_prompt(objects)
-        height, width = image.shape[:2]
-        if not prompt:
-            return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), [])
-        inputs = self._processor(images=[image], text=[prompt], return_tensors="pt").to(self.device)
+        prompts = [build_prompt(names) for names in objects]
+        detections = [no_detections() for _ in images]
+        batch = [index for index, prompt in enumerate(prompts) if prompt]
+        if not batch:
+            return detections
+        inputs = self._processor(images=[images[index] for index in batch], text=[prompts[index] for index in batch],
+                                 padding="longest", return_tensors="pt").to(self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self._dtype)
         with torch.inference_mode():
             outputs = self._detector(**inputs)
         outputs.logits, outputs.pred_boxes = outputs.logits.float(), outputs.pred_boxes.float()
-        return detections_from_outputs(self._processor, outputs, inputs["input_ids"], self.box_threshold,
-                                       self.text_threshold, height, width)
+        image_sizes = [images[index].shape[:2] for index in batch]
+        found = detections_from_outputs(self._processor, outputs, inputs["input_ids"], self.box_threshold,
+                                        self.text_threshold, image_sizes)
+        for index, image_detections in zip(batch, found):
+            detections[index] = image_detections
+        return detections
 
-    def masks_for_boxes(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        """(nbox, H, W) bool SAM2 masks, one per frame box, all boxes in one forward pass."""
+    def masks_for_boxes(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
+        """Per image, (nbox, H, W) bool SAM2 masks, one per frame box.
+
+        The images that have boxes are encoded together in one image-encoder pass; the prompt encoder
+        and mask decoder then run once per image on its slice of the embeddings with all of its boxes
+        (box counts differ per image, and per-image decoding needs no padded boxes). Images without
+        boxes skip SAM2 and get (0, H, W).
+        """
         import torch
 
-        height, width = image.shape[:2]
-        pixel_values = torch.from_numpy(sam2_pixel_values(image, self._sam2_size)).to(self.device, self._dtype)
-        input_boxes = torch.from_numpy(sam2_boxes(boxes, height, width, self._sam2_size))[None].to(self.device)
+        masks = [np.zeros((0, *image.shape[:2]), bool) for image in images]
+        batch = [index for index, image_boxes in enumerate(boxes) if len(image_boxes)]
+        if not batch:
+            return masks
+        pixel_values = np.concatenate([sam2_pixel_values(images[index], self._sam2_size) for index in batch])
         with torch.inference_mode():
-            # A box is an unambiguous prompt: one mask per box; SAM2 itself falls back to the best of
-            # its three candidates when the single mask is unstable.
-            outputs = self._segmenter(pixel_values=pixel_values, input_boxes=input_boxes, multimask_output=False)
-        mask_logits = outputs.pred_masks[0].float().cpu().numpy()
-        iou_scores = outputs.iou_scores[0].float().cpu().numpy()
-        return masks_to_frame(select_best_masks(mask_logits, iou_scores), height, width)
+            embeddings = self._segmenter.get_image_embeddings(torch.from_numpy(pixel_values).to(self.device, self._dtype))
+            for position, index in enumerate(batch):
+                height, width = images[index].shape[:2]
+                input_boxes = torch.from_numpy(sam2_boxes(boxes[index], height, width, self._sam2_size))[None]
+                # A box is an unambiguous prompt: one mask per box; SAM2 itself falls back to the best of
+                # its three candidates when the single mask is unstable.
+                outputs = self._segmenter(
+                    image_embeddings=[level[position:position + 1] for level in embeddings],
+                    input_boxes=input_boxes.to(self.device), multimask_output=False,
+                )
+                mask_logits = outputs.pred_masks[0].float().cpu().numpy()
+                iou_scores = outputs.iou_scores[0].float().cpu().numpy()
+                masks[index] = masks_to_frame(select_best_masks(mask_logits, iou_scores), height, width)
+        return masks

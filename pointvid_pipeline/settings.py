@@ -26,6 +26,7 @@ class PipelineSettings:
     grid_size: int = 80
     background_fraction: float = 0.1
     kalman_rts: bool = True
+    batch_size: int = 8  # clips per model call where a stage batches across clips
 
     def __post_init__(self):
         if self.profile not in PROFILES:
@@ -62,4 +63,5 @@ class PipelineSettings:
             grid_size=int(env.get("POINTVID_GRID_SIZE", "80")),
             background_fraction=float(env.get("POINTVID_BACKGROUND_FRACTION", "0.1")),
             kalman_rts=env.get("POINTVID_KALMAN_RTS", "1") not in ("0", "false", "no"),
+            batch_size=int(env.get("POINTVID_BATCH_SIZE", "8")),
         )

@@ -72,7 +72,7 @@ def test_renderer_masks_return_frame0_instances():
     frames = np.zeros((FRAME_COUNT, FRAME_HEIGHT, FRAME_WIDTH, 3), np.uint8)
     segmenter = RendererMasks()
     segmenter.setup()
-    labels = segmenter.segment(make_clip(frames, truth), ["cube", "ball"])
+    labels = segmenter.segment([make_clip(frames, truth)], [["cube", "ball"]])[0]
     assert labels.dtype == np.int32 and labels.shape == (FRAME_HEIGHT, FRAME_WIDTH)
     assert np.array_equal(labels, instance_masks[0])
 
@@ -80,14 +80,14 @@ def test_renderer_masks_return_frame0_instances():
 def test_renderer_masks_refuse_real_clips():
     frames = np.zeros((FRAME_COUNT, FRAME_HEIGHT, FRAME_WIDTH, 3), np.uint8)
     with pytest.raises(ValueError, match="synthetic"):
-        RendererMasks().segment(make_clip(frames), ["dog"])
+        RendererMasks().segment([make_clip(frames)], [["dog"]])
 
 
 def test_motion_segmenter_finds_the_independently_moving_square():
     frames, square = panning_clip_with_moving_square()
     segmenter = MotionSegmenter()
     segmenter.setup()
-    labels = segmenter.segment(make_clip(frames), objects=[])
+    labels = segmenter.segment([make_clip(frames)], [[]])[0]
     assert labels.dtype == np.int32 and labels.shape == (FRAME_HEIGHT, FRAME_WIDTH)
     found = labels > 0
     iou = (found & square).sum() / (found | square).sum()
@@ -97,7 +97,7 @@ def test_motion_segmenter_finds_the_independently_moving_square():
 
 def test_motion_segmenter_sees_nothing_in_a_static_clip():
     still = np.repeat(smooth_texture(FRAME_HEIGHT, FRAME_WIDTH, seed=3)[None], FRAME_COUNT, axis=0)
-    labels = MotionSegmenter().segment(make_clip(still), objects=["table"])
+    labels = MotionSegmenter().segment([make_clip(still)], [["table"]])[0]
     assert not labels.any()
     with pytest.raises(SampleRejected) as caught:
         check_reference_mask(labels)
@@ -107,7 +107,7 @@ def test_motion_segmenter_sees_nothing_in_a_static_clip():
 @pytest.mark.parametrize("name", ["05_juggle.mp4", "bedroom.mp4"])
 def test_motion_segmenter_on_real_clip(name):
     frames, _ = decode_clip(str(shared_video(name)))
-    labels = MotionSegmenter().segment(make_clip(frames), objects=["man", "ball"])
+    labels = MotionSegmenter().segment([make_clip(frames)], [["man", "ball"]])[0]
     assert labels.dtype == np.int32 and labels.shape == (FRAME_HEIGHT, FRAME_WIDTH)
     instance_ids = np.unique(labels[labels > 0])
     assert np.array_equal(instance_ids, np.arange(1, len(instance_ids) + 1))  # 1..K without gaps

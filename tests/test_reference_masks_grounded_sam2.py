@@ -50,15 +50,16 @@ def model_env(monkeypatch, tiny_models):
     return monkeypatch
 
 
-def make_clip() -> Clip:
-    frames = np.random.default_rng(0).integers(0, 256, (FRAME_COUNT, FRAME_HEIGHT, FRAME_WIDTH, 3), dtype=np.uint8)
-    return Clip(key="grounded", frames=frames, caption="a dog and a woman", intrinsics=default_intrinsics())
+def make_clip(seed: int = 0) -> Clip:
+    frames = np.random.default_rng(seed).integers(0, 256, (FRAME_COUNT, FRAME_HEIGHT, FRAME_WIDTH, 3), dtype=np.uint8)
+    return Clip(key=f"grounded-{seed}", frames=frames, caption="a dog and a woman", intrinsics=default_intrinsics())
 
 
 def record_calls(module: torch.nn.Module) -> list[dict]:
-    """Keyword inputs of every forward call of `module` (a forward hook: the model itself runs)."""
+    """Inputs of every forward call of `module`: the keywords, positional ones under "args" (a hook: the model runs)."""
     calls: list[dict] = []
-    module.register_forward_hook(lambda _module, _args, kwargs, _output: calls.append(kwargs), with_kwargs=True)
+    module.register_forward_hook(lambda _module, args, kwargs, _output: calls.append({**kwargs, "args": args}),
+                                 with_kwargs=True)
     return calls
 
 
@@ -71,22 +72,29 @@ def test_prompt_is_lower_case_dot_terminated_phrases():
     assert build_prompt([]) == ""
 
 
-def test_normalised_boxes_map_to_frame_pixels(tiny_models):
-    """Known (cx, cy, w, h) boxes through the real post-processing: thresholded, sorted, mapped, clipped."""
+def test_normalised_boxes_map_to_frame_pixels_with_each_images_own_prompt(tiny_models):
+    """Known (cx, cy, w, h) boxes through the real post-processing of a padded 2-image batch:
+    thresholded, sorted, mapped, clipped, and phrases read from each image's own token row."""
     processor = load_grounding_dino_processor(str(tiny_models[0]))
-    input_ids = processor.tokenizer([build_prompt(OBJECTS)], return_tensors="pt")["input_ids"]
-    dog, woman = 1, 3  # token positions in [CLS] dog . woman . [SEP]
-    logits = torch.full((1, 4, 256), -10.0)
+    prompts = [build_prompt(OBJECTS), build_prompt(["man"])]
+    input_ids = processor.tokenizer(prompts, padding="longest", return_tensors="pt")["input_ids"]
+    assert input_ids.shape == (2, 6) and input_ids[1, -1] == processor.tokenizer.pad_token_id
+    dog, woman, man = 1, 3, 1  # token positions in [CLS] dog . woman . [SEP] and [CLS] man . [SEP] [PAD] [PAD]
+    logits = torch.full((2, 4, 256), -10.0)
     logits[0, 0, woman] = 2.0
     logits[0, 1, dog] = 4.0
     logits[0, 3, dog] = 3.0  # confident, but a zero-width box
+    logits[1, 2, man] = 1.0  # the same token position as "dog" in image 0: must read "man"
     pred_boxes = torch.tensor([[[0.5, 0.5, 0.5, 0.5], [0.1, 0.75, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [0.5, 0.5, 0.0, 0.2]]])
+    pred_boxes = pred_boxes.repeat(2, 1, 1)
     outputs = GroundingDinoObjectDetectionOutput(logits=logits, pred_boxes=pred_boxes)
-    detections = detections_from_outputs(processor, outputs, input_ids, 0.35, 0.25, FRAME_HEIGHT, FRAME_WIDTH)
+    first, second = detections_from_outputs(processor, outputs, input_ids, 0.35, 0.25, [(FRAME_HEIGHT, FRAME_WIDTH)] * 2)
     # dog: x from -0.15 (clipped to 0) to 0.35 of 448, y from 0.5 to 1.0 of 256; woman: the central half
-    np.testing.assert_allclose(detections.boxes, [[0.0, 128.0, 156.8, 256.0], [112.0, 64.0, 336.0, 192.0]], atol=1e-4)
-    np.testing.assert_allclose(detections.scores, 1 / (1 + np.exp(-np.array([4.0, 2.0]))), rtol=1e-5)
-    assert detections.phrases == ["dog", "woman"]
+    np.testing.assert_allclose(first.boxes, [[0.0, 128.0, 156.8, 256.0], [112.0, 64.0, 336.0, 192.0]], atol=1e-4)
+    np.testing.assert_allclose(first.scores, 1 / (1 + np.exp(-np.array([4.0, 2.0]))), rtol=1e-5)
+    assert first.phrases == ["dog", "woman"]
+    np.testing.assert_allclose(second.boxes, [[0.0, 0.0, FRAME_WIDTH, FRAME_HEIGHT]], atol=1e-4)
+    assert second.phrases == ["man"] and second.scores.dtype == np.float32
 
 
 def test_sam2_boxes_scale_with_the_image():
@@ -141,30 +149,38 @@ def test_merge_gives_overlaps_to_the_higher_score_and_drops_slivers():
 # The real backend on tiny checkpoints
 
 
-def test_all_boxes_go_to_sam2_in_one_call_and_become_contiguous_labels(model_env):
-    """Thresholds 0 so random weights still detect: the SAM2 path runs with every kept box at once."""
+@pytest.fixture
+def detecting_segmenter(model_env) -> GroundedSam2Segmenter:
+    """Thresholds 0 so random weights still detect (every query of the tiny model becomes a box)."""
     model_env.setenv("POINTVID_BOX_THRESHOLD", "0.0")
     model_env.setenv("POINTVID_TEXT_THRESHOLD", "0.0")
     model_env.setenv("POINTVID_MAX_INSTANCES", "4")
-    segmenter = create_backend("segmenter", "grounded-sam2")
+    return create_backend("segmenter", "grounded-sam2")
+
+
+def test_all_boxes_go_to_sam2_in_one_call_and_become_contiguous_labels(detecting_segmenter):
+    """One clip: the SAM2 decoder runs once with every kept box, on the image encoded once."""
+    segmenter = detecting_segmenter
     assert isinstance(segmenter, GroundedSam2Segmenter) and segmenter.max_instances == 4
     clip = make_clip()
-    detections = segmenter.detect(clip.frames[0], OBJECTS)
+    [detections] = segmenter.detect([clip.frames[0]], [OBJECTS])
     assert len(detections.scores) == 10  # the tiny model's 10 queries, none degenerate
     assert np.all(np.diff(detections.scores) <= 0)
     assert np.all((detections.boxes >= 0) & (detections.boxes <= [FRAME_WIDTH, FRAME_HEIGHT, FRAME_WIDTH, FRAME_HEIGHT]))
 
     detector_calls = record_calls(segmenter._detector)
+    encoder_calls = record_calls(segmenter._segmenter.vision_encoder)
     sam2_calls = record_calls(segmenter._segmenter)
-    labels = segmenter.segment(clip, OBJECTS)
+    [labels] = segmenter.segment([clip], [OBJECTS])
 
     assert labels.shape == (FRAME_HEIGHT, FRAME_WIDTH) and labels.dtype == np.int32
     instance_count = int(labels.max())
     assert 1 <= instance_count <= 4
     assert set(np.unique(labels)) == set(range(instance_count + 1))
     assert len(detector_calls) == 1 and detector_calls[0]["pixel_values"].shape[0] == 1
-    assert len(sam2_calls) == 1
-    assert sam2_calls[0]["pixel_values"].shape == (1, 3, 1024, 1024)
+    assert len(encoder_calls) == 1 and encoder_calls[0]["args"][0].shape == (1, 3, 1024, 1024)
+    assert len(sam2_calls) == 1 and "pixel_values" not in sam2_calls[0]  # the decoder reuses the encoded image
+    assert [level.shape[0] for level in sam2_calls[0]["image_embeddings"]] == [1, 1, 1]
     expected_boxes = sam2_boxes(detections.boxes[:4], FRAME_HEIGHT, FRAME_WIDTH, 1024)
     np.testing.assert_allclose(sam2_calls[0]["input_boxes"].numpy(), expected_boxes[None], rtol=1e-5)
 
@@ -172,10 +188,11 @@ def test_all_boxes_go_to_sam2_in_one_call_and_become_contiguous_labels(model_env
 def test_no_detection_gives_an_empty_map_without_running_sam2(model_env):
     model_env.setenv("POINTVID_BOX_THRESHOLD", "1.0")  # sigmoid scores never exceed 1
     segmenter = create_backend("segmenter", "grounded-sam2")
+    encoder_calls = record_calls(segmenter._segmenter.vision_encoder)
     sam2_calls = record_calls(segmenter._segmenter)
-    labels = segmenter.segment(make_clip(), OBJECTS)
+    [labels] = segmenter.segment([make_clip()], [OBJECTS])
     assert labels.shape == (FRAME_HEIGHT, FRAME_WIDTH) and labels.dtype == np.int32 and not labels.any()
-    assert sam2_calls == []
+    assert sam2_calls == [] and encoder_calls == []
     with pytest.raises(SampleRejected) as rejected:
         check_reference_mask(labels)
     assert rejected.value.reason is RejectionReason.empty_mask
@@ -220,7 +237,74 @@ def test_half_precision_dtype_reaches_both_models(model_env):
     segmenter = create_backend("segmenter", "grounded-sam2")
     assert next(segmenter._detector.parameters()).dtype == torch.bfloat16
     assert next(segmenter._segmenter.parameters()).dtype == torch.bfloat16
+    encoder_calls = record_calls(segmenter._segmenter.vision_encoder)
     sam2_calls = record_calls(segmenter._segmenter)
-    labels = segmenter.segment(make_clip(), OBJECTS)
-    assert sam2_calls[0]["pixel_values"].dtype == torch.bfloat16 and sam2_calls[0]["input_boxes"].shape == (1, 2, 4)
+    [labels] = segmenter.segment([make_clip()], [OBJECTS])
+    assert encoder_calls[0]["args"][0].dtype == torch.bfloat16 and sam2_calls[0]["input_boxes"].shape == (1, 2, 4)
     assert labels.dtype == np.int32 and 0 <= labels.max() <= 2
+
+
+# Batches of clips
+
+BATCH_OBJECTS = [["dog", "woman"], [], ["Red cup", "man", "cat", "table"]]  # prompts of 3, 0 and 6 words
+
+
+def test_a_batch_runs_the_detector_and_the_sam2_encoder_once(detecting_segmenter):
+    """3 clips, one without object names: one detector pass and one SAM2 encoder pass over the other 2 frames,
+    then SAM2's decoder once per frame with that frame's boxes."""
+    segmenter = detecting_segmenter
+    clips = [make_clip(seed) for seed in range(3)]
+    detector_calls = record_calls(segmenter._detector)
+    encoder_calls = record_calls(segmenter._segmenter.vision_encoder)
+    decoder_calls = record_calls(segmenter._segmenter)
+    labels = segmenter.segment(clips, BATCH_OBJECTS)
+
+    assert len(labels) == 3
+    assert all(label_map.shape == (FRAME_HEIGHT, FRAME_WIDTH) and label_map.dtype == np.int32 for label_map in labels)
+    assert not labels[1].any() and labels[0].max() >= 1 and labels[2].max() >= 1
+    assert len(detector_calls) == 1
+    assert detector_calls[0]["pixel_values"].shape[0] == 2 and detector_calls[0]["input_ids"].shape[0] == 2
+    assert detector_calls[0]["attention_mask"][0].sum() < detector_calls[0]["attention_mask"][1].sum()  # padded prompt
+    assert len(encoder_calls) == 1 and encoder_calls[0]["args"][0].shape == (2, 3, 1024, 1024)
+    assert [call["input_boxes"].shape for call in decoder_calls] == [(1, 4, 4), (1, 4, 4)]
+    assert all(level.shape[0] == 1 for call in decoder_calls for level in call["image_embeddings"])
+
+
+def test_a_batch_gives_what_each_clip_gives_alone(detecting_segmenter):
+    """Batching changes no result beyond float rounding.
+
+    SAM2 (encoder batched, decoder per image) is exact here. Grounding DINO is not bit-exact across batch
+    compositions: CPU kernels pick other blockings for other batch sizes, and its text-image fusion
+    layer subtracts the maximum attention logit of the whole batch before the softmax (shift-invariant,
+    but rounded differently) — logits move by ~1e-6. So detections are compared with a tolerance and
+    label maps by agreement (identical on this machine).
+    """
+    segmenter = detecting_segmenter
+    clips = [make_clip(seed) for seed in range(3)]
+    images = [clip.frames[0] for clip in clips]
+    batched = segmenter.detect(images, BATCH_OBJECTS)
+    alone = [segmenter.detect([image], [names])[0] for image, names in zip(images, BATCH_OBJECTS)]
+    for together, single in zip(batched, alone):
+        assert together.phrases == single.phrases
+        np.testing.assert_allclose(together.scores, single.scores, atol=1e-5)
+        np.testing.assert_allclose(together.boxes, single.boxes, atol=1e-3)
+
+    boxes = [found.boxes[:4] for found in alone]
+    batched_masks = segmenter.masks_for_boxes(images, boxes)
+    for image, image_boxes, masks in zip(images, boxes, batched_masks):
+        np.testing.assert_array_equal(masks, segmenter.masks_for_boxes([image], [image_boxes])[0])
+
+    batched_labels = segmenter.segment(clips, BATCH_OBJECTS)
+    for clip, names, label_map in zip(clips, BATCH_OBJECTS, batched_labels):
+        [single_map] = segmenter.segment([clip], [names])
+        assert np.mean(label_map == single_map) >= 0.999
+
+
+def test_degenerate_batches(detecting_segmenter):
+    segmenter = detecting_segmenter
+    detector_calls = record_calls(segmenter._detector)
+    assert segmenter.segment([], []) == []
+    labels = segmenter.segment([make_clip(0), make_clip(1)], [[], [" . "]])  # no usable name: nothing to run
+    assert len(labels) == 2 and not any(label_map.any() for label_map in labels) and detector_calls == []
+    with pytest.raises(ValueError, match="2 clips but 1 object lists"):
+        segmenter.segment([make_clip(0), make_clip(1)], [OBJECTS])

@@ -23,20 +23,21 @@ class PipelineSettingsResource(ConfigurableResource):
     grid_size: int = 80
     background_fraction: float = 0.1
     kalman_rts: bool = True
+    batch_size: int = 8
 
     @classmethod
     def from_settings(cls, settings: PipelineSettings) -> "PipelineSettingsResource":
         return cls(
             data_dir=str(settings.data_dir), manifest=settings.manifest or "", shard_size=settings.shard_size or 0,
             profile=settings.profile, frame_stride=settings.frame_stride, grid_size=settings.grid_size,
-            background_fraction=settings.background_fraction, kalman_rts=settings.kalman_rts,
+            background_fraction=settings.background_fraction, kalman_rts=settings.kalman_rts, batch_size=settings.batch_size,
         )
 
     def settings(self) -> PipelineSettings:
         return PipelineSettings(
             data_dir=Path(self.data_dir), manifest=self.manifest or None, shard_size=self.shard_size or None,
             profile=self.profile, frame_stride=self.frame_stride, grid_size=self.grid_size,
-            background_fraction=self.background_fraction, kalman_rts=self.kalman_rts,
+            background_fraction=self.background_fraction, kalman_rts=self.kalman_rts, batch_size=self.batch_size,
         )
 
 
