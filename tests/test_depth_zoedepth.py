@@ -6,10 +6,18 @@ import numpy as np
 import pytest
 import torch
 from tiny_zoedepth import save_tiny_zoedepth
-from transformers.models.zoedepth.image_processing_pil_zoedepth import ZoeDepthImageProcessorPil
+from transformers.models.zoedepth.image_processing_pil_zoedepth import (
+    ZoeDepthImageProcessorPil,
+)
 
 from pointvid_pipeline.backends import create_backend
-from pointvid_pipeline.clip import FRAME_COUNT, FRAME_HEIGHT, FRAME_WIDTH, Clip, default_intrinsics
+from pointvid_pipeline.clip import (
+    FRAME_COUNT,
+    FRAME_HEIGHT,
+    FRAME_WIDTH,
+    Clip,
+    default_intrinsics,
+)
 from pointvid_pipeline.depth_zoedepth import (
     MODEL_ENV,
     ZoeDepthEstimator,

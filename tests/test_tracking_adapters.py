@@ -18,7 +18,11 @@ import torch
 from pointvid_pipeline.backends import create_backend
 from pointvid_pipeline.clip import FRAME_COUNT, FRAME_HEIGHT, FRAME_WIDTH
 from pointvid_pipeline.rejections import BackendUnavailable
-from pointvid_pipeline.tracking_adapters import CoTracker3Tracker, SpaTrackerTracker, checkout_commit
+from pointvid_pipeline.tracking_adapters import (
+    CoTracker3Tracker,
+    SpaTrackerTracker,
+    checkout_commit,
+)
 
 FAKE_CHECKOUTS = Path(__file__).parent / "fake_trackers"
 SPATRACKER_CHECKOUT = FAKE_CHECKOUTS / "spatracker"

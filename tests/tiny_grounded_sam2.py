@@ -36,7 +36,9 @@ def save_tiny_grounding_dino(directory: Path) -> Path:
         GroundingDinoForObjectDetection,
         SwinConfig,
     )
-    from transformers.models.grounding_dino.image_processing_pil_grounding_dino import GroundingDinoImageProcessorPil
+    from transformers.models.grounding_dino.image_processing_pil_grounding_dino import (
+        GroundingDinoImageProcessorPil,
+    )
 
     directory.mkdir(parents=True, exist_ok=True)
     backbone = SwinConfig(embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=7, out_indices=[2, 3, 4])

@@ -18,7 +18,9 @@ def save_tiny_zoedepth(directory: Path) -> Path:
     """
     import torch
     from transformers import BeitConfig, ZoeDepthConfig, ZoeDepthForDepthEstimation
-    from transformers.models.zoedepth.image_processing_pil_zoedepth import ZoeDepthImageProcessorPil
+    from transformers.models.zoedepth.image_processing_pil_zoedepth import (
+        ZoeDepthImageProcessorPil,
+    )
 
     backbone = BeitConfig(image_size=64, patch_size=16, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
                           intermediate_size=64, out_indices=[1, 2, 3, 4], use_relative_position_bias=True,

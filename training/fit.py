@@ -1,0 +1,227 @@
+"""`python -m training.fit --config training/configs/tiny.yaml [--shards ...] [--stage ...] [--resume]`.
+
+One loop for both stages of the paper: `augment` trains the video-point model with the diffusion
+loss on concatenated RGB + point latents (§3.2); `regularize` adds L_recon and L_rigid on points
+decoded from a DDIM-denoised z_0 with gradients only through the last step (§3.3, Eq. 1-3).
+Exact resume: the data stream is deterministic (seed, samples consumed), all randomness of step s
+comes from (seed, s), and the optimizer state is saved with the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from .config import TrainConfig, load_config
+from .data import make_loader
+from .losses import gather_points, knn_pairs, normalised_uvd_to_xyz, reconstruction_loss, rigidity_loss, sample_foreground_points, total_loss
+from .model import VideoPointModel
+
+METRIC_FIELDS = ("step", "loss", "l_ddim", "l_recon", "l_rigid", "seconds")
+
+
+def build_model(config: TrainConfig) -> VideoPointModel:
+    if config.pretrained_rgb:
+        return VideoPointModel.from_pretrained_rgb(config.pretrained_rgb)
+    return VideoPointModel.from_config(config.model)
+
+
+def step_generator(config: TrainConfig, step: int) -> torch.Generator:
+    """Noise and timesteps of step `step` depend on nothing else, so a resumed run repeats them.
+    The global RNG is reseeded too: some layers draw from it in training mode (even at dropout 0)."""
+    seed = config.seed * 1_000_003 + step
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def encode_batch(model: VideoPointModel, batch: dict, generator: torch.Generator):
+    """Concatenated [RGB, point] latents (B, 8, T, h, w), text embeddings, first-frame condition.
+    The VAE posterior is sampled with the step's generator (not the global RNG) so resume is exact."""
+    with torch.no_grad():
+        latents = torch.cat([model.encode_video(batch["video"], generator), model.encode_points(batch["points"], generator)], dim=1)
+        text = model.encode_text(batch["caption"])
+    return latents, text, latents[:, :4, :1]
+
+
+def diffusion_target(scheduler, latents, noise, timesteps):
+    if scheduler.config.prediction_type == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    return noise
+
+
+def augment_loss(model: VideoPointModel, batch: dict, config: TrainConfig, generator: torch.Generator):
+    """§3.2: the usual diffusion loss, on the concatenated video-point latents."""
+    latents, text, condition = encode_batch(model, batch, generator)
+    noise = torch.randn(latents.shape, generator=generator)
+    timesteps = torch.randint(0, model.scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
+    prediction = model(model.scheduler.add_noise(latents, noise, timesteps), timesteps, text, condition)
+    l_ddim = torch.nn.functional.mse_loss(prediction, diffusion_target(model.scheduler, latents, noise, timesteps))
+    return total_loss(l_ddim, torch.zeros(()), torch.zeros(()), (config.lambda_ddim, 0.0, 0.0))
+
+
+def regularize_loss(model: VideoPointModel, batch: dict, config: TrainConfig, generator: torch.Generator):
+    """§3.3, Eq. 3: diffusion loss at a DDIM timestep t, then DDIM from z_t to z_0 (earlier steps
+    without gradients, the last with them), decode the point half, and add L_recon and L_rigid."""
+    latents, text, condition = encode_batch(model, batch, generator)
+    scheduler = type(model.scheduler).from_config(model.scheduler.config)
+    scheduler.set_timesteps(config.ddim_steps)
+    start = int(torch.randint(0, len(scheduler.timesteps), (1,), generator=generator))
+    timesteps = torch.full((latents.shape[0],), int(scheduler.timesteps[start]))
+    noise = torch.randn(latents.shape, generator=generator)
+    sample = scheduler.add_noise(latents, noise, timesteps)
+    prediction = model(sample, timesteps, text, condition)
+    l_ddim = torch.nn.functional.mse_loss(prediction, diffusion_target(scheduler, latents, noise, timesteps))
+    chain = [int(t) for t in scheduler.timesteps[start:]]
+    for index, t in enumerate(chain):
+        last = index == len(chain) - 1
+        if index > 0:
+            with torch.set_grad_enabled(last):
+                prediction = model(sample, torch.full_like(timesteps, t), text, condition)
+        output = scheduler.step(prediction, t, sample)
+        sample = output.pred_original_sample if last else output.prev_sample.detach()
+    predicted_points = model.decode_points(sample[:, 4:])
+
+    indices, mask = sample_foreground_points(batch["foreground"], config.points_per_sample, generator)
+    predicted = normalised_uvd_to_xyz(gather_points(predicted_points, indices), batch["intrinsics"], config.depth_max)
+    truth = normalised_uvd_to_xyz(gather_points(batch["points"], indices), batch["intrinsics"], config.depth_max)
+    pairs = knn_pairs(truth[:, 0], config.knn_k, mask)
+    l_recon = reconstruction_loss(predicted, truth, config.recon_weights, mask)
+    l_rigid = rigidity_loss(predicted, pairs, mask)
+    return total_loss(l_ddim, l_recon, l_rigid, (config.lambda_ddim, config.lambda_recon, config.lambda_rigid))
+
+
+STAGE_LOSSES = {"augment": augment_loss, "regularize": regularize_loss}
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(out_dir: Path, model: VideoPointModel, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Weights and optimizer state as safetensors plus the loop state; replaced as a whole."""
+    final, tmp = out_dir / "checkpoint", out_dir / ".checkpoint.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.trainable_state_dict().items()}, tmp / "trainable.safetensors")
+    optimizer_state = optimizer.state_dict()
+    tensors = {f"{index}.{name}": value for index, slots in optimizer_state["state"].items() for name, value in slots.items()}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / "optimizer.safetensors", metadata={"param_groups": json.dumps(optimizer_state["param_groups"])})
+    (tmp / "state.json").write_text(json.dumps(state, indent=1))
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+
+
+def load_checkpoint(path: Path, model: VideoPointModel, optimizer: torch.optim.Optimizer | None) -> dict:
+    model.load_trainable_state_dict(load_file(path / "trainable.safetensors"))
+    if optimizer is not None:
+        from safetensors import safe_open
+
+        with safe_open(path / "optimizer.safetensors", "pt") as f:
+            groups = json.loads(f.metadata()["param_groups"])
+            state: dict = {}
+            for name in f.keys():
+                index, slot = name.split(".", 1)
+                state.setdefault(int(index), {})[slot] = f.get_tensor(name)
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    return json.loads((path / "state.json").read_text())
+
+
+# ---------------------------------------------------------------- loop
+
+
+def batches(config: TrainConfig, consumed: int):
+    """The loader's endless deterministic stream, resumed after `consumed` samples; yields (batch, consumed)."""
+    loader = make_loader(config.shards, config.frames, config.height, config.width, config.batch_size, config.depth_max,
+                         config.synthetic_mix, seed=config.seed, num_workers=config.num_workers, skip=consumed)
+    for batch in loader:
+        consumed += len(batch["key"])
+        yield batch, consumed
+
+
+def write_loss_curve(metrics_path: Path, png_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(metrics_path.open()))
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    for name in ("loss", "l_ddim", "l_recon", "l_rigid"):
+        values = [float(r[name]) for r in rows]
+        if any(values):
+            axis.plot([int(r["step"]) for r in rows], values, label=name)
+    axis.set_xlabel("step"), axis.set_yscale("log"), axis.legend(), axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(png_path, dpi=100)
+    plt.close(figure)
+
+
+def fit(config: TrainConfig, resume: bool = False) -> Path:
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    model = build_model(config)
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    step, consumed = 0, 0
+    metrics_path = out_dir / "metrics.csv"
+    if resume and (out_dir / "checkpoint").exists():
+        state = load_checkpoint(out_dir / "checkpoint", model, optimizer)
+        step, consumed = state["step"], state["consumed"]
+        rows = [r for r in csv.DictReader(metrics_path.open()) if int(r["step"]) <= step] if metrics_path.exists() else []
+    else:
+        rows = []
+    with metrics_path.open("w", newline="") as f:  # drop rows logged after the checkpoint
+        writer = csv.DictWriter(f, METRIC_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+    model.train()
+    stream = batches(config, consumed)
+    with tqdm(total=config.steps, initial=step, desc=f"{config.name}:{config.stage}", unit="step") as progress, metrics_path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, METRIC_FIELDS)
+        while step < config.steps:
+            started = time.perf_counter()
+            batch, consumed = next(stream)
+            loss, terms = STAGE_LOSSES[config.stage](model, batch, config, step_generator(config, step))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), config.grad_clip)
+            optimizer.step()
+            step += 1
+            row = {"step": step, "loss": float(loss.detach()), **{f"l_{k}": terms[k] for k in ("ddim", "recon", "rigid")}, "seconds": time.perf_counter() - started}
+            if step % config.log_every == 0:
+                writer.writerow(row)
+                f.flush()
+            progress.set_postfix(loss=f"{row['loss']:.4f}")
+            progress.update(1)
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                save_checkpoint(out_dir, model, optimizer, {"step": step, "consumed": consumed, "config": config.to_dict()})
+    write_loss_curve(metrics_path, out_dir / "loss_curve.png")
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.fit", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="YAML file, e.g. training/configs/tiny.yaml")
+    parser.add_argument("--shards", help="override the config's shards (path, URL or brace pattern)")
+    parser.add_argument("--stage", choices=("augment", "regularize"), help="override the config's stage")
+    parser.add_argument("--steps", type=int, help="override the number of steps")
+    parser.add_argument("--out-dir", help="override where checkpoints, metrics.csv and loss_curve.png go")
+    parser.add_argument("--resume", action="store_true", help="continue exactly from <out_dir>/checkpoint")
+    args = parser.parse_args(argv)
+    config = load_config(args.config, shards=args.shards, stage=args.stage, steps=args.steps, out_dir=args.out_dir)
+    out_dir = fit(config, resume=args.resume)
+    print(f"checkpoint: {out_dir / 'checkpoint'}\nmetrics:    {out_dir / 'metrics.csv'}\nloss curve: {out_dir / 'loss_curve.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
