@@ -154,10 +154,17 @@ def write_loss_curve(metrics_path: Path, png_path: Path) -> None:
 
     rows = list(csv.DictReader(metrics_path.open()))
     figure, axis = plt.subplots(figsize=(6, 3.5))
-    for name in ("loss", "l_ddim", "l_recon", "l_rigid"):
+    steps = [int(r["step"]) for r in rows]
+    for colour, name in enumerate(("loss", "l_ddim", "l_recon", "l_rigid")):
         values = [float(r[name]) for r in rows]
-        if any(values):
-            axis.plot([int(r["step"]) for r in rows], values, label=name)
+        if not any(values):
+            continue
+        average, smoothed = values[0], []
+        for value in values:  # diffusion losses jump with the random timestep: show a running mean too
+            average = 0.9 * average + 0.1 * value
+            smoothed.append(average)
+        axis.plot(steps, values, color=f"C{colour}", alpha=0.25, lw=0.8)
+        axis.plot(steps, smoothed, color=f"C{colour}", label=f"{name} (running mean)")
     axis.set_xlabel("step"), axis.set_yscale("log"), axis.legend(), axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(png_path, dpi=100)
