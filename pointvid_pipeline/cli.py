@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import tarfile
 from pathlib import Path
 
 
@@ -106,6 +107,49 @@ def run(args) -> int:
     return 0
 
 
+def inspect_command(args) -> int:
+    """List a shard's samples, or write one sample's pictures; exit 2 when the shard or key is not there."""
+    from tqdm import tqdm
+
+    from .shard_inspection import find_sample, format_listing, inspect_sample, iter_samples, shard_stem, summary_row
+
+    try:
+        if args.key is None:
+            rows = [summary_row(key, members) for key, members in tqdm(iter_samples(args.shard), desc="samples", unit="sample")]
+            print(format_listing(rows))
+            return 0
+        members, keys = find_sample(args.shard, args.key)
+    except (FileNotFoundError, tarfile.TarError) as exc:
+        print(f"cannot read shard {args.shard}: {exc}", file=sys.stderr)
+        return 2
+    if members is None:
+        shown = ", ".join(keys[:5]) + (f", ... ({len(keys)} in all)" if len(keys) > 5 else "")
+        print(f"no sample {args.key!r} in {args.shard}; it holds: {shown or 'no samples'}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path("inspect") / shard_stem(args.shard) / args.key
+    for name, path in inspect_sample(members, out).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def stats_command(args) -> int:
+    """Print rejection and tracking figures of a dataset folder and write stats.png beside them."""
+    from .dataset_stats import collect, format_report, stats_figure
+
+    dataset_dir = Path(args.dataset_dir)
+    try:
+        stats = collect(dataset_dir)
+    except FileNotFoundError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(format_report(stats))
+    out = Path(args.out) if args.out else dataset_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "stats.png").write_bytes(stats_figure(stats))
+    print(f"stats.png: {out / 'stats.png'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pointvid", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -117,8 +161,16 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--shard-size", type=int, help="clips per partition (default 8 for synthetic scenes, 64 for manifests)")
         sub.add_argument("--profile", choices=("cpu", "paper"), help="backend profile (default cpu)")
     run_parser.add_argument("--partition", action="append", help="only this partition (repeatable), e.g. shard-00000")
+    inspect_parser = commands.add_parser("inspect", help="list a shard's samples, or draw one sample's contact sheet and track preview")
+    inspect_parser.add_argument("shard", help="shard tar: local path or fsspec URL (s3://, https://, ...)")
+    inspect_parser.add_argument("--key", help="sample to draw; without it the shard's samples are listed")
+    inspect_parser.add_argument("--out", help="folder for contact_sheet.png and preview.gif (default ./inspect/<shard>/<key>)")
+    stats_parser = commands.add_parser("stats", help="rejection reasons and visibility / track-length distributions of a dataset folder")
+    stats_parser.add_argument("dataset_dir", help="the `dataset/` folder (samples.parquet, rejections.parquet, summary.json)")
+    stats_parser.add_argument("--out", help="folder for stats.png (default: DATASET_DIR)")
     args = parser.parse_args(argv)
-    return run(args) if args.command == "run" else partitions_command(args)
+    commands_by_name = {"run": run, "partitions": partitions_command, "inspect": inspect_command, "stats": stats_command}
+    return commands_by_name[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """One asset per pipeline stage, partitioned by shard of clips; `dataset` rolls them up."""
 
 
+import base64
+
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -15,6 +17,8 @@ from dagster import (
 
 from ..dataset import build_dataset
 from ..pipeline import STAGES, StageReport, partition_rows, run_stage
+from ..previews import partition_previews, shard_samples_markdown
+from ..settings import PipelineSettings
 from ..shards import CHECKS
 from .resources import stage_backends
 
@@ -62,6 +66,17 @@ def report_metadata(report: StageReport) -> dict:
     return metadata
 
 
+def preview_metadata(stage: str, partition: str, settings: PipelineSettings) -> dict:
+    """Pictures as markdown with an embedded PNG (Dagster has no image metadata type); the shard's sample table."""
+    metadata = {
+        f"preview_{title}": MetadataValue.md(f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})")
+        for title, png in partition_previews(stage, partition, settings).items()
+    }
+    if stage == "pointvid_shards":
+        metadata["samples"] = MetadataValue.md(shard_samples_markdown(partition, settings))
+    return metadata
+
+
 def _stage_asset(stage: str, upstream: str | None):
     is_shards = stage == "pointvid_shards"
     check_specs = [AssetCheckSpec(name, asset=stage, description=text, blocking=True) for name, text in CHECKS.items()] if is_shards else None
@@ -87,7 +102,8 @@ def _stage_asset(stage: str, upstream: str | None):
                 AssetCheckResult(check_name=name, passed=result["passed"], severity=AssetCheckSeverity.ERROR, metadata={"detail": result["detail"]})
                 for name, result in report.extra["checks"].items()
             ]
-        return MaterializeResult(metadata=report_metadata(report), check_results=check_results)
+        metadata = {**report_metadata(report), **preview_metadata(stage, context.partition_key, settings)}
+        return MaterializeResult(metadata=metadata, check_results=check_results)
 
     return _materialize
 
