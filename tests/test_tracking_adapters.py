@@ -175,14 +175,18 @@ def test_spatracker_without_cuda_is_unavailable(monkeypatch, tmp_path):
         SpaTrackerTracker.from_env().setup()
 
 
-@pytest.mark.parametrize("unset, path_env, expected", [
-    ("POINTVID_SPATRACKER_DIR", None, ["POINTVID_SPATRACKER_DIR is not set", "https://github.com/henry123-boy/SpaTracker"]),
-    ("POINTVID_SPATRACKER_CHECKPOINT", None, ["POINTVID_SPATRACKER_CHECKPOINT is not set", "spaT_final.pth", "drive.google.com"]),
-    (None, "POINTVID_SPATRACKER_DIR", ["POINTVID_SPATRACKER_DIR=", "does not exist", "git clone https://github.com/henry123-boy/SpaTracker"]),
-    (None, "POINTVID_SPATRACKER_CHECKPOINT", ["POINTVID_SPATRACKER_CHECKPOINT=", "does not exist", "spaT_final.pth"]),
+@pytest.mark.parametrize("backend, unset, path_env, expected", [
+    ("spatracker", "POINTVID_SPATRACKER_DIR", None, ["POINTVID_SPATRACKER_DIR is not set", "https://github.com/henry123-boy/SpaTracker"]),
+    ("spatracker", "POINTVID_SPATRACKER_CHECKPOINT", None, ["POINTVID_SPATRACKER_CHECKPOINT is not set", "spaT_final.pth", "drive.google.com"]),
+    ("spatracker", None, "POINTVID_SPATRACKER_DIR", ["POINTVID_SPATRACKER_DIR=", "does not exist", "git clone https://github.com/henry123-boy/SpaTracker"]),
+    ("spatracker", None, "POINTVID_SPATRACKER_CHECKPOINT", ["POINTVID_SPATRACKER_CHECKPOINT=", "does not exist", "spaT_final.pth"]),
+    ("cotracker3", "POINTVID_COTRACKER_DIR", None, ["POINTVID_COTRACKER_DIR is not set", "git clone https://github.com/facebookresearch/co-tracker"]),
+    ("cotracker3", "POINTVID_COTRACKER_CHECKPOINT", None, ["POINTVID_COTRACKER_CHECKPOINT is not set", "cotracker3/resolve/main/scaled_offline.pth"]),
+    ("cotracker3", None, "POINTVID_COTRACKER_DIR", ["POINTVID_COTRACKER_DIR=", "does not exist", "https://github.com/facebookresearch/co-tracker"]),
+    ("cotracker3", None, "POINTVID_COTRACKER_CHECKPOINT", ["POINTVID_COTRACKER_CHECKPOINT=", "does not exist", "scaled_offline.pth"]),
 ])
-def test_spatracker_missing_paths_name_the_variable(monkeypatch, tmp_path, unset, path_env, expected):
-    spatracker_env(monkeypatch, tmp_path)
+def test_missing_paths_name_the_variable(monkeypatch, tmp_path, backend, unset, path_env, expected):
+    (spatracker_env if backend == "spatracker" else cotracker_env)(monkeypatch, tmp_path)
     if unset:
         monkeypatch.delenv(unset)
     missing = tmp_path / "nowhere"
@@ -190,27 +194,7 @@ def test_spatracker_missing_paths_name_the_variable(monkeypatch, tmp_path, unset
         monkeypatch.setenv(path_env, str(missing))
         expected = [*expected, str(missing)]
     with pytest.raises(BackendUnavailable) as error:
-        create_backend("point_tracker", "spatracker")
-    for text in expected:
-        assert text in str(error.value)
-
-
-@pytest.mark.parametrize("unset, path_env, expected", [
-    ("POINTVID_COTRACKER_DIR", None, ["POINTVID_COTRACKER_DIR is not set", "git clone https://github.com/facebookresearch/co-tracker"]),
-    ("POINTVID_COTRACKER_CHECKPOINT", None, ["POINTVID_COTRACKER_CHECKPOINT is not set", "cotracker3/resolve/main/scaled_offline.pth"]),
-    (None, "POINTVID_COTRACKER_DIR", ["POINTVID_COTRACKER_DIR=", "does not exist", "https://github.com/facebookresearch/co-tracker"]),
-    (None, "POINTVID_COTRACKER_CHECKPOINT", ["POINTVID_COTRACKER_CHECKPOINT=", "does not exist", "scaled_offline.pth"]),
-])
-def test_cotracker_missing_paths_name_the_variable(monkeypatch, tmp_path, unset, path_env, expected):
-    cotracker_env(monkeypatch, tmp_path)
-    if unset:
-        monkeypatch.delenv(unset)
-    missing = tmp_path / "nowhere"
-    if path_env:
-        monkeypatch.setenv(path_env, str(missing))
-        expected = [*expected, str(missing)]
-    with pytest.raises(BackendUnavailable) as error:
-        create_backend("point_tracker", "cotracker3")
+        create_backend("point_tracker", backend)
     for text in expected:
         assert text in str(error.value)
 
