@@ -42,3 +42,20 @@ def shard_dir(tmp_path_factory) -> Path:
         run_stage(stage, "shard-00000", settings, backends)
     write_real_shard(settings.shards_dir / "shard-00000.tar", settings.shards_dir / "shard-00001.tar")
     return settings.shards_dir
+
+
+UI_SCREENSHOTS = pytest.StashKey[Path]()
+
+
+@pytest.fixture(scope="session")
+def ui_screenshots(request, tmp_path_factory) -> Path:
+    """Where the browser test saves its screenshots; the pytest report names the folder at the end."""
+    path = tmp_path_factory.mktemp("ui_screenshots")
+    request.config.stash[UI_SCREENSHOTS] = path
+    return path
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    path = config.stash.get(UI_SCREENSHOTS, None)
+    if path is not None and any(path.iterdir()):
+        terminalreporter.write_line(f"Dagster UI screenshots: {path} ({', '.join(sorted(p.name for p in path.iterdir()))})")
