@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
-from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
+from dagster import AssetSelection, Definitions, define_asset_job
 
 from ..settings import PipelineSettings
 from .assets import dataset, stage_assets
+from .kubernetes import curate_shard_execution, executor_kind
 from .resources import build_resources
 from .sensors import clip_shard_partitions
 
-curate_shard_job = define_asset_job(
-    "curate_shard",
-    selection=AssetSelection.assets(*stage_assets),
-    description="All stages for one shard of clips, in one process so loaded models are reused across stages.",
-    executor_def=in_process_executor,
-)
 dataset_job = define_asset_job("build_dataset", selection=AssetSelection.assets(dataset), description="Roll all shards up into the dataset manifests and card.")
 
 
 def build_definitions(settings: PipelineSettings | None = None) -> Definitions:
     settings = settings or PipelineSettings.from_env()
+    executor, tags = curate_shard_execution(settings, executor_kind())
+    curate_shard_job = define_asset_job(
+        "curate_shard",
+        selection=AssetSelection.assets(*stage_assets),
+        description="All stages for one shard of clips: in one process so loaded models are reused across stages, "
+        "or one Kubernetes pod per stage with POINTVID_EXECUTOR=k8s.",
+        executor_def=executor,
+        tags=tags or None,
+    )
     return Definitions(
         assets=[*stage_assets, dataset],
         jobs=[curate_shard_job, dataset_job],
