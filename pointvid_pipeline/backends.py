@@ -50,8 +50,12 @@ def backend_name(kind: str, profile: str, environ=None) -> str:
     return PROFILE_BACKENDS[profile][kind]
 
 
-def create_backend(kind: str, name: str):
-    """Import, construct and set up one backend (loads its model, if any)."""
+def create_backend(kind: str, name: str, **secrets: str):
+    """Import, construct and set up one backend (loads its model, if any).
+
+    `secrets` (e.g. `api_key`, resolved by Dagster from an EnvVar) go to the backend's `from_env`,
+    which otherwise reads them from the environment itself.
+    """
     try:
         target = BACKENDS[kind][name]
     except KeyError:
@@ -59,7 +63,7 @@ def create_backend(kind: str, name: str):
     module, attribute = target.split(":")
     try:
         backend_class = getattr(importlib.import_module(module), attribute)
-        backend = backend_class.from_env() if hasattr(backend_class, "from_env") else backend_class()
+        backend = backend_class.from_env(**secrets) if hasattr(backend_class, "from_env") else backend_class()
         backend.setup()
     except BackendUnavailable:
         raise

@@ -67,16 +67,40 @@ def partitions_command(args) -> int:
     return 0
 
 
+def _partitions_to_retry(settings, partitions: list[str]) -> list[str]:
+    """Partitions whose last finished run ledgered rows with a transient reason; says how many on stderr."""
+    from .pipeline import retry_keys
+    from .rejections import TRANSIENT_REASONS
+    from .stage_store import StageStore
+
+    store, chosen = StageStore(settings.stages_dir), []
+    for partition in partitions:
+        try:
+            keys = retry_keys(store, partition, TRANSIENT_REASONS)
+        except RuntimeError:
+            continue  # never finished: a plain `pointvid run` processes it whole
+        if keys:
+            chosen.append(partition)
+            print(f"{partition}: retrying {len(keys)} rows ({', '.join(sorted(keys)[:3])}{', ...' if len(keys) > 3 else ''})", file=sys.stderr)
+    print(f"{len(chosen)} of {len(partitions)} partitions have rows rejected for a transient reason ({', '.join(sorted(TRANSIENT_REASONS))})", file=sys.stderr)
+    return chosen
+
+
 def run(args) -> int:
     settings, home = _settings_and_home(args)
     from dagster import DagsterInstance
     from tqdm import tqdm
 
+    from .dagster_defs.assets import RETRY_TAG
     from .dagster_defs.definitions import build_definitions
     from .pipeline import partition_rows
+    from .rejections import TRANSIENT_REASONS
 
     defs = build_definitions(settings)
     partitions = list(partition_rows(settings))
+    tags = {}
+    if args.retry_transient:
+        partitions, tags = _partitions_to_retry(settings, partitions), {RETRY_TAG: ",".join(sorted(TRANSIENT_REASONS))}
     if args.partition:
         unknown = sorted(set(args.partition) - set(partitions))
         if unknown:
@@ -90,7 +114,7 @@ def run(args) -> int:
         with tqdm(partitions, desc="shards", unit="shard") as progress:
             for partition in progress:
                 progress.set_postfix_str(partition)
-                result = curate.execute_in_process(partition_key=partition, instance=instance, run_config=QUIET, raise_on_error=False)
+                result = curate.execute_in_process(partition_key=partition, instance=instance, run_config=QUIET, tags=tags, raise_on_error=False)
                 if not result.success:
                     failed.append(partition)
         dataset_ok = defs.resolve_job_def("build_dataset").execute_in_process(instance=instance, run_config=QUIET, raise_on_error=False).success
@@ -161,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--shard-size", type=int, help="clips per partition (default 8 for synthetic scenes, 64 for manifests)")
         sub.add_argument("--profile", choices=("cpu", "paper"), help="backend profile (default cpu)")
     run_parser.add_argument("--partition", action="append", help="only this partition (repeatable), e.g. shard-00000")
+    run_parser.add_argument("--retry-transient", action="store_true", help="process again only the rows the last run rejected for a transient reason (backend_error); all else stays untouched")
     inspect_parser = commands.add_parser("inspect", help="list a shard's samples, or draw one sample's contact sheet and track preview")
     inspect_parser.add_argument("shard", help="shard tar: local path or fsspec URL (s3://, https://, ...)")
     inspect_parser.add_argument("--key", help="sample to draw; without it the shard's samples are listed")

@@ -1,4 +1,4 @@
-"""Stage `dataset`: roll all shards up into Parquet manifests and a dataset card."""
+"""Stage `dataset`: roll all shards up into Parquet manifests and a dataset card (published too when `output_uri` is set)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import pyarrow.parquet as pq
 from .settings import PipelineSettings
 from .shards import SCHEMA_VERSION
 from .stage_store import atomic_path, atomic_write_bytes, atomic_write_json
+from .storage import join_uri, publish_file, storage_options_from_env
 
+DATASET_FILES = ("samples.parquet", "rejections.parquet", "summary.json", "README.md")  # published in this order, card last
 QUALITY_FIELDS = (
     ("median 2D error (px)", "median_px_error"),
     ("median relative depth error", "median_rel_depth_error"),
@@ -51,8 +53,13 @@ def _quality(metas: list[dict]) -> dict[str, dict[str, float]]:
     return table
 
 
-def build_dataset(settings: PipelineSettings, partitions: list[str]) -> dict:
-    """Collect every partition's shard index; write samples/rejections Parquet, card and summary."""
+def build_dataset(settings: PipelineSettings, partitions: list[str], storage_options: dict | None = None) -> dict:
+    """Collect every partition's shard index; write samples/rejections Parquet, card and summary.
+
+    With `settings.output_uri` the files are then published to `<output_uri>/dataset/` and the
+    returned summary (not summary.json) names that folder as `published_uri`. `storage_options`
+    as in `run_shard_stage`: None reads POINTVID_STORAGE_OPTIONS.
+    """
     samples, rejections, metas, shards = [], [], [], []
     for partition in partitions:
         index_path = settings.shards_dir / f"{partition}.json"
@@ -88,6 +95,12 @@ def build_dataset(settings: PipelineSettings, partitions: list[str]) -> dict:
     }
     atomic_write_json(dataset_dir / "summary.json", summary)
     atomic_write_bytes(dataset_dir / "README.md", dataset_card(summary).encode())
+    if settings.output_uri:
+        options = storage_options_from_env() if storage_options is None else storage_options
+        folder = join_uri(settings.output_uri, "dataset")
+        for name in DATASET_FILES:
+            publish_file(dataset_dir / name, join_uri(folder, name), options)
+        return {**summary, "published_uri": folder}
     return summary
 
 

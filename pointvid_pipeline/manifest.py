@@ -15,6 +15,7 @@ import ast
 import hashlib
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 import fsspec
 
 PANDA70M_COLUMNS = {"videoID", "url", "timestamp", "caption"}
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True)
@@ -53,11 +55,6 @@ def shard_key(index: int) -> str:
     return f"shard-{index:05d}"
 
 
-def shard_rows(rows: list[InputRow], shard_size: int) -> dict[str, list[InputRow]]:
-    """Consecutive manifest rows -> partitions `shard-00000`, `shard-00001`, ..."""
-    return {shard_key(i // shard_size): rows[i : i + shard_size] for i in range(0, len(rows), shard_size)}
-
-
 def synthetic_rows(scene_names_and_captions: list[tuple[str, str]]) -> list[InputRow]:
     return [InputRow(key=name, caption=caption, scene=name, row=i) for i, (name, caption) in enumerate(scene_names_and_captions)]
 
@@ -71,6 +68,12 @@ def read_manifest(uri: str) -> list[InputRow]:
     else:
         rows = [_plain_row(record, base, i) for i, record in enumerate(table)]
     return rows
+
+
+def manifest_version(uri: str) -> str:
+    """Changes whenever the manifest file does (fsspec's key over size, mtime or ETag)."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    return fs.ukey(path)
 
 
 def _read_table(uri: str) -> list[dict]:
@@ -99,11 +102,12 @@ def _parent_uri(uri: str) -> str:
 
 
 def _resolve(video: str, base: str) -> str:
-    if "://" in video or Path(video).is_absolute():
+    # os.path, not pathlib: this runs once per row of 70K-row manifests on every sensor tick.
+    if "://" in video or os.path.isabs(video):
         return video
     if "://" in base:
         return f"{base}/{video}"
-    return str(Path(base) / video)
+    return os.path.join(base, video)
 
 
 def sample_key(video: str, start: float | None, end: float | None) -> str:
@@ -112,7 +116,7 @@ def sample_key(video: str, start: float | None, end: float | None) -> str:
     Hashes the video reference as written in the manifest (not the resolved absolute path), so
     keys do not change when the dataset folder moves to another machine.
     """
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(video.split("?")[0]).stem).strip("_") or "video"
+    stem = _UNSAFE.sub("_", os.path.splitext(os.path.basename(video.split("?")[0]))[0]).strip("_") or "video"
     digest = hashlib.sha1(f"{video}|{start}|{end}".encode()).hexdigest()[:8]
     return f"{stem[:48]}-{digest}"
 

@@ -41,6 +41,7 @@ ANSWER_SCHEMA = {
     "additionalProperties": False,
 }
 DEFAULT_LOCAL_MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
+API_KEY_ENV = "POINTVID_LLM_API_KEY"
 _ARTICLES = ("a ", "an ", "the ")
 
 
@@ -153,7 +154,8 @@ class ChatEndpointObjectExtractor:
     Requests for one batch run concurrently (the servers batch them); transient failures
     (timeouts, connection errors, HTTP 429/5xx) are retried with exponential backoff whose
     jitter comes from an RNG seeded by the caption, so reruns wait the same. Answers are cached
-    by sha256(model, prompt version, caption); the API key is only sent, never stored.
+    by sha256(model, prompt version, caption); the API key is only sent, never stored, logged or
+    put into a message.
     """
 
     name = "llm-http"
@@ -183,7 +185,8 @@ class ChatEndpointObjectExtractor:
         self._fallback: _LexicalFallback | None = None
 
     @classmethod
-    def from_env(cls) -> "ChatEndpointObjectExtractor":
+    def from_env(cls, api_key: str | None = None) -> "ChatEndpointObjectExtractor":
+        """`api_key` as Dagster resolved it from its EnvVar; None reads POINTVID_LLM_API_KEY here."""
         env = os.environ
         endpoint = env.get("POINTVID_LLM_ENDPOINT", "")
         if not endpoint:
@@ -196,7 +199,7 @@ class ChatEndpointObjectExtractor:
         return cls(
             endpoint=endpoint,
             model=env.get("POINTVID_LLM_MODEL", ""),
-            api_key=env.get("POINTVID_LLM_API_KEY", ""),
+            api_key=env.get(API_KEY_ENV, "") if api_key is None else api_key,
             timeout=float(env.get("POINTVID_LLM_TIMEOUT", "30")),
             retries=int(env.get("POINTVID_LLM_RETRIES", "3")),
             backoff=float(env.get("POINTVID_LLM_BACKOFF", "1.0")),

@@ -11,14 +11,14 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 
 from . import __version__
 from .clip import Clip, SceneTruth, default_intrinsics
 from .depth import DepthEstimator, RendererDepth
-from .manifest import InputRow, read_manifest, shard_rows, synthetic_rows
+from .manifest import InputRow, manifest_version, read_manifest, synthetic_rows
 from .object_prompts import ObjectExtractor, objects_for_caption
 from .point_maps import densify_point_map
 from .quality import mean_abs_acceleration, track_error_stats
@@ -26,6 +26,7 @@ from .query_points import sample_query_points, sample_seed
 from .reference_masks import ReferenceSegmenter, RendererMasks, check_reference_mask
 from .rejections import BackendUnavailable, RejectionReason, SampleRejected
 from .settings import PipelineSettings
+from .shard_assignment import LEDGER_NAME, assign_shards
 from .smoothing import KalmanConfig, smooth_tracks
 from .stage_store import StageIndex, StageStore
 from .tracking import PointTracker
@@ -314,17 +315,27 @@ STAGE_FUNCTIONS = {
 # ---------------------------------------------------------------- inputs and partitions
 
 
+@lru_cache(maxsize=4)
+def _manifest_rows(uri: str, version: str) -> tuple[InputRow, ...]:
+    return tuple(read_manifest(uri))
+
+
 def input_rows(settings: PipelineSettings) -> list[InputRow]:
-    """The rows of the configured manifest, or of the embedded synthetic scenes."""
+    """The rows of the configured manifest, or of the embedded synthetic scenes.
+
+    A manifest is parsed once per process and version (every stage and sensor tick asks again;
+    a 70K-row manifest takes seconds to parse).
+    """
     if settings.manifest:
-        return read_manifest(settings.manifest)
+        return list(_manifest_rows(settings.manifest, manifest_version(settings.manifest)))
     from .synthetic import load_default_scenes, scene_caption
 
     return synthetic_rows([(spec.name, scene_caption(spec)) for spec in load_default_scenes()])
 
 
 def partition_rows(settings: PipelineSettings) -> dict[str, list[InputRow]]:
-    return shard_rows(input_rows(settings), settings.effective_shard_size)
+    """Shard -> rows; shards keep their clips across manifest edits (see shard_assignment)."""
+    return assign_shards(input_rows(settings), settings.effective_shard_size, settings.data_dir / LEDGER_NAME)
 
 
 def _first_samples(store: StageStore, partition: str, settings: PipelineSettings) -> tuple[list[Sample], list[dict]]:
@@ -370,27 +381,57 @@ def mean_stage_stats(metas: Iterable[dict], stage: str) -> dict[str, float]:
     return {f"mean_{name}": float(np.mean(v)) for name, v in values.items()}
 
 
-def run_stage(stage: str, partition: str, settings: PipelineSettings, backends: StageBackends) -> StageReport:
-    """Materialize `stage` for `partition`. Bad samples become ledger rows; the run itself succeeds."""
+def retry_keys(store: StageStore, partition: str, reasons: Iterable[str]) -> set[str]:
+    """Keys the last finished run of the partition ledgered with one of `reasons`."""
+    try:
+        ledger = store.read_index(STAGES[-2], partition).rejected
+    except FileNotFoundError as exc:
+        raise RuntimeError(f"partition {partition!r} has no finished run to retry; materialize it first") from exc
+    return {row["key"] for row in ledger if row["reason"] in set(reasons)}
+
+
+def run_stage(
+    stage: str, partition: str, settings: PipelineSettings, backends: StageBackends, retry: Iterable[str] = (), storage_options: dict | None = None
+) -> StageReport:
+    """Materialize `stage` for `partition`. Bad samples become ledger rows; the run itself succeeds.
+
+    With `retry` (rejection reasons, e.g. TRANSIENT_REASONS) only the samples the last run ledgered
+    with those reasons are processed again; every other sample keeps its files, metadata and
+    ledger row untouched. `storage_options`: fsspec options for publishing to `settings.output_uri`
+    (the shard stage only); None reads POINTVID_STORAGE_OPTIONS.
+    """
     if stage == "pointvid_shards":
         from .shard_stage import run_shard_stage
 
-        return run_shard_stage(partition, settings)
+        return run_shard_stage(partition, settings, storage_options)
     store = StageStore(settings.stages_dir)
     samples, rejected = load_samples(store, stage, partition, settings)
-    index = StageIndex(stage=stage, partition=partition, rejected=rejected)
+    order = [s.key for s in samples]  # manifest order, kept in the index however samples are (re)processed
+    kept: dict[str, dict] = {}
+    here: list[dict] = []
+    previous = store.read_index_if_present(stage, partition) if retry else None
+    if previous is not None:  # (no index: an earlier retry died in this stage, so it runs whole)
+        keys = retry_keys(store, partition, retry)
+        kept = {s.key: previous.accepted[s.key] for s in samples if s.key in previous.accepted}
+        samples = [s for s in samples if s.key in keys and s.key not in previous.accepted]
+        rerun = {s.key for s in samples}
+        here = [row for row in previous.rejected if row["stage"] == stage and row["key"] not in rerun and row not in rejected]
+    store.forget_index(stage, partition)  # from here until the new index, the stage does not count as done
+    index = StageIndex(stage=stage, partition=partition)
     rejected_here: Counter[str] = Counter()
     started = time.perf_counter()
     for sample, outcome in zip(samples, STAGE_FUNCTIONS[stage](samples, settings, backends)):
         if isinstance(outcome, SampleRejected):
-            rejected.append(_ledger_row(sample.key, sample.meta["row"], stage, outcome))
+            here.append(_ledger_row(sample.key, sample.meta["row"], stage, outcome))
             rejected_here[outcome.reason.value] += 1
             continue
         arrays, added = outcome
         if arrays:
             store.write_arrays(stage, partition, sample.key, arrays)
-        index.accepted[sample.key] = _merge_meta(sample.meta, added)
+        kept[sample.key] = _merge_meta(sample.meta, added)
     seconds = time.perf_counter() - started
+    index.accepted = {key: kept[key] for key in order if key in kept}
+    index.rejected = rejected + sorted(here, key=lambda row: row["row"])
     store.remove_stale_samples(stage, partition, set(index.accepted))
     store.write_index(index)
     backend_names = sorted({m["backends"].get(stage, "") for m in index.accepted.values()} - {""})
@@ -399,7 +440,7 @@ def run_stage(stage: str, partition: str, settings: PipelineSettings, backends: 
         partition=partition,
         accepted=len(index.accepted),
         rejected_here=dict(rejected_here),
-        rejected_total=len(rejected),
+        rejected_total=len(index.rejected),
         seconds=seconds,
         seconds_per_sample=seconds / max(len(samples), 1),
         stats=mean_stage_stats(index.accepted.values(), stage),

@@ -17,7 +17,11 @@ class RejectionReason(str, Enum):
     no_visible_track = "no_visible_track"  # no foreground track stays visible
     invalid_manifest_row = "invalid_manifest_row"  # a row the manifest reader cannot interpret
     duplicate_row = "duplicate_row"  # the same (video, start, end) appears again in the manifest
-    backend_error = "backend_error"  # a model backend raised on this sample (transient: can be retried)
+    backend_error = "backend_error"  # a model backend raised on this sample (timeout, OOM, endpoint down)
+
+
+# Reasons that say nothing about the clip itself: `pointvid run --retry-transient` processes these rows again.
+TRANSIENT_REASONS = frozenset({RejectionReason.backend_error.value})
 
 
 class BackendUnavailable(RuntimeError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 PROFILES = ("cpu", "paper")
 
@@ -16,6 +17,10 @@ class PipelineSettings:
     data_dir: the one directory all outputs go to (stage files, shards, dataset card, Dagster home).
     manifest: CSV / JSONL / Parquet / Panda-70M table of (video, caption); None = default synthetic scenes.
     shard_size: clips per partition (8 for the default scenes, 64 for real manifests unless set).
+    output_uri: fsspec URL that finished shards and dataset files are also published to; None = local only.
+
+    No field holds a credential: these values become Dagster run config. Storage credentials come
+    from the fsspec backend's own env vars or POINTVID_STORAGE_OPTIONS (see storage.py).
     """
 
     data_dir: Path = Path("pointvid_data")
@@ -27,10 +32,14 @@ class PipelineSettings:
     background_fraction: float = 0.1
     kalman_rts: bool = True
     batch_size: int = 8  # clips per model call where a stage batches across clips
+    output_uri: str | None = None
 
     def __post_init__(self):
         if self.profile not in PROFILES:
             raise ValueError(f"POINTVID_PROFILE must be one of {PROFILES}, got {self.profile!r}")
+        for variable, uri in (("POINTVID_MANIFEST", self.manifest), ("POINTVID_OUTPUT_URI", self.output_uri)):
+            if uri and "://" in uri and urlsplit(uri).password is not None:  # the message must not echo the URI
+                raise ValueError(f"{variable} carries a password; pass credentials through the storage backend's env vars or POINTVID_STORAGE_OPTIONS")
 
     @property
     def effective_shard_size(self) -> int:
@@ -64,4 +73,5 @@ class PipelineSettings:
             background_fraction=float(env.get("POINTVID_BACKGROUND_FRACTION", "0.1")),
             kalman_rts=env.get("POINTVID_KALMAN_RTS", "1") not in ("0", "false", "no"),
             batch_size=int(env.get("POINTVID_BATCH_SIZE", "8")),
+            output_uri=env.get("POINTVID_OUTPUT_URI") or None,
         )

@@ -1,4 +1,4 @@
-"""The `pointvid_shards` stage for one partition: pack accepted samples, write atomically, verify."""
+"""The `pointvid_shards` stage for one partition: pack accepted samples, write atomically, verify, publish."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from .shards import (
     write_tar,
 )
 from .stage_store import StageStore, atomic_path, atomic_write_json
+from .storage import join_uri, publish_file, storage_options_from_env
 
 SAMPLE_JSON_FIELDS = ("caption", "objects", "synthetic", "intrinsics", "source", "backends", "stats", "kalman", "query_sampling", "row")
 
@@ -26,7 +27,9 @@ def shard_paths(settings: PipelineSettings, partition: str):
     return settings.shards_dir / f"{partition}.tar", settings.shards_dir / f"{partition}.json"
 
 
-def run_shard_stage(partition: str, settings: PipelineSettings) -> StageReport:
+def run_shard_stage(partition: str, settings: PipelineSettings, storage_options: dict | None = None) -> StageReport:
+    """`storage_options`: fsspec options for `settings.output_uri` (Dagster passes its resolved EnvVar);
+    None reads them from POINTVID_STORAGE_OPTIONS, for plain-Python use."""
     store = StageStore(settings.stages_dir)
     upstream = store.read_index("point_maps", partition)
     started = time.perf_counter()
@@ -40,6 +43,9 @@ def run_shard_stage(partition: str, settings: PipelineSettings) -> StageReport:
         members += sample
         samples.append({"key": key, "bytes": sum(len(data) for _, data in sample), "synthetic": meta["synthetic"]})
     tar_path, index_path = shard_paths(settings, partition)
+    for partial in settings.shards_dir.glob(f".{tar_path.name}.*.tmp"):  # left by a killed run (one writer per partition)
+        partial.unlink(missing_ok=True)
+    index_path.unlink(missing_ok=True)  # killed between tar and index: "no index" (not finished), never a stale one
     with atomic_path(tar_path) as tmp:
         write_tar(tmp, members)
         md5, size = file_md5(tmp), tmp.stat().st_size
@@ -56,6 +62,10 @@ def run_shard_stage(partition: str, settings: PipelineSettings) -> StageReport:
     }
     atomic_write_json(index_path, index)
     checks = verify_shard(tar_path, index, list(upstream.accepted))
+    extra = {}
+    if settings.output_uri and all(passed for passed, _ in checks.values()):  # a shard failing its checks stays local
+        options = storage_options_from_env() if storage_options is None else storage_options
+        extra["published_uri"] = publish_shard(tar_path, index_path, settings.output_uri, options)
     seconds = time.perf_counter() - started
     return StageReport(
         stage="pointvid_shards",
@@ -67,5 +77,13 @@ def run_shard_stage(partition: str, settings: PipelineSettings) -> StageReport:
         seconds_per_sample=seconds / max(len(samples), 1),
         stats=mean_stage_stats(upstream.accepted.values(), "point_maps"),
         backends={},
-        extra={"checks": {name: {"passed": passed, "detail": detail, "description": CHECKS[name]} for name, (passed, detail) in checks.items()}, "shard_path": str(tar_path), "shard_bytes": size, "bytes_per_sample": size / max(len(samples), 1)},
+        extra={"checks": {name: {"passed": passed, "detail": detail, "description": CHECKS[name]} for name, (passed, detail) in checks.items()}, "shard_path": str(tar_path), "shard_bytes": size, "bytes_per_sample": size / max(len(samples), 1), **extra},
     )
+
+
+def publish_shard(tar_path, index_path, output_uri: str, storage_options: dict) -> str:
+    """Tar first, index last: as locally, a shard whose index is there is complete. Returns the tar's URI."""
+    folder = join_uri(output_uri, "shards")
+    tar_uri = publish_file(tar_path, join_uri(folder, tar_path.name), storage_options)
+    publish_file(index_path, join_uri(folder, index_path.name), storage_options)
+    return tar_uri

@@ -80,7 +80,7 @@ class StageStore:
 
     def write_arrays(self, stage: str, partition: str, key: str, arrays: dict[str, np.ndarray]) -> None:
         folder = self.partition_dir(stage, partition) / key
-        for stale in folder.glob("*.npy"):
+        for stale in [*folder.glob("*.npy"), *folder.glob(".*.tmp")]:  # .tmp: left by a killed run
             if stale.stem not in arrays:
                 stale.unlink()
         for name, array in arrays.items():
@@ -94,6 +94,16 @@ class StageStore:
 
     def write_index(self, index: StageIndex) -> None:
         atomic_write_json(self.partition_dir(index.stage, index.partition) / "_index.json", index.to_json())
+
+    def read_index_if_present(self, stage: str, partition: str) -> StageIndex | None:
+        try:
+            return self.read_index(stage, partition)
+        except FileNotFoundError:
+            return None
+
+    def forget_index(self, stage: str, partition: str) -> None:
+        """Called before a stage rewrites its files, so a run killed half-way leaves no index vouching for them."""
+        (self.partition_dir(stage, partition) / "_index.json").unlink(missing_ok=True)
 
     def read_index(self, stage: str, partition: str) -> StageIndex:
         path = self.partition_dir(stage, partition) / "_index.json"

@@ -4,6 +4,7 @@ stage's preview picture is rendered. Screenshots are kept in the test's temp dir
 the pytest report)."""
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -98,7 +99,7 @@ def dagster_dev(tmp_path_factory):
             assert time.monotonic() < deadline, f"run {run_id} still {status} after 300 s"
             time.sleep(2)
         assert status == "SUCCESS", f"run {run_id} ended {status}:\n{log.read_text()[-3000:]}"
-        yield f"http://127.0.0.1:{port}", root
+        yield f"http://127.0.0.1:{port}", root, env
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -132,7 +133,7 @@ def open_page(page, url: str) -> None:
 
 
 def test_asset_graph_shows_every_pipeline_asset(dagster_dev, page, ui_screenshots):
-    base, _ = dagster_dev
+    base, _, _ = dagster_dev
     open_page(page, f"{base}/locations/pointvid_pipeline/asset-groups/{GROUP}")
     for asset in ASSETS:
         page.get_by_text(asset, exact=True).first.wait_for(state="visible")
@@ -142,7 +143,7 @@ def test_asset_graph_shows_every_pipeline_asset(dagster_dev, page, ui_screenshot
 @pytest.mark.parametrize("stage", list(STAGE_PICTURES))
 def test_latest_materialization_renders_the_stage_preview(dagster_dev, page, ui_screenshots, stage):
     """Each `preview_*` metadata entry of the partition's materialization opens (as a user clicks it) to a loaded picture."""
-    base, _ = dagster_dev
+    base, _, _ = dagster_dev
     open_page(page, f"{base}/assets/{stage}?view=events&partition={PARTITION}")
     page.get_by_text(f"Partition {PARTITION} materialized").first.wait_for(state="visible")
     rows = page.locator("tr", has_text="preview_")
@@ -163,8 +164,35 @@ def test_latest_materialization_renders_the_stage_preview(dagster_dev, page, ui_
 
 
 def test_shard_materialization_lists_its_samples(dagster_dev, page, ui_screenshots):
-    base, root = dagster_dev
+    base, root, _ = dagster_dev
     open_page(page, f"{base}/assets/pointvid_shards?view=events&partition={PARTITION}")
     page.get_by_text(str(root / "data" / "shards" / f"{PARTITION}.tar")).first.wait_for(state="visible")
     assert page.locator("table th", has_text="visible fraction").count() >= 1
     page.screenshot(path=ui_screenshots / "pointvid_shards_latest_materialization.png", full_page=True)
+
+
+def test_command_line_backfill_of_several_shards_runs_and_shows_in_the_ui(dagster_dev, page, ui_screenshots):
+    """`dagster job backfill` queues one run per shard; the `dagster dev` daemon launches them."""
+    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+    base, root, env = dagster_dev
+    shards = ["shard-00001", "shard-00002"]
+    command = ["dagster", "job", "backfill", "-w", "workspace.yaml", "-j", "curate_shard", "--partitions", ",".join(shards), "--noprompt"]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    backfill = re.search(r"Launched backfill job `(\w+)`", done.stdout).group(1)
+    with DagsterInstance.from_config(str(root / "dagster_home")) as instance:
+        deadline = time.monotonic() + 300
+        while True:
+            runs = instance.get_runs(RunsFilter(tags={"dagster/backfill": backfill}))
+            if len(runs) == len(shards) and all(run.is_finished for run in runs):
+                break
+            assert time.monotonic() < deadline, [(run.tags.get("dagster/partition"), run.status) for run in runs]
+            time.sleep(2)
+    assert sorted(run.tags["dagster/partition"] for run in runs) == shards
+    assert all(run.status == DagsterRunStatus.SUCCESS for run in runs)
+    for shard in shards:
+        assert (root / "data" / "shards" / f"{shard}.tar").stat().st_size > 0
+    open_page(page, f"{base}/runs/b/{backfill}")
+    page.get_by_text(backfill).first.wait_for(state="visible")
+    page.screenshot(path=ui_screenshots / "backfill.png")

@@ -4,7 +4,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pointvid_pipeline.manifest import read_manifest, shard_rows
+from pointvid_pipeline.manifest import read_manifest
 
 
 def test_plain_csv_resolves_relative_paths(shared_videos):
@@ -52,10 +52,3 @@ def test_bad_rows_are_kept_with_an_error(tmp_path):
     panda.write_text('videoID,url,timestamp,caption,matching_score\nx,x.mp4,"[[\'0:00:00.000\', \'0:00:01.000\']]","[\'a\', \'b\']","[0.1]"\n')
     (row,) = read_manifest(str(panda))
     assert "timestamps" in row.error
-
-
-def test_shards_are_consecutive_and_cover_every_row(shared_videos):
-    rows = read_manifest(str(shared_videos / "manifest.csv"))
-    shards = shard_rows(rows, 4)
-    assert list(shards) == ["shard-00000", "shard-00001"]
-    assert [r for part in shards.values() for r in part] == rows

@@ -24,6 +24,7 @@ from .resources import stage_backends
 
 clip_shards = DynamicPartitionsDefinition(name="clip_shards")
 GROUP = "curation"
+RETRY_TAG = "pointvid/retry"  # run tag: comma-separated rejection reasons to process again (see run_stage)
 
 STAGE_DESCRIPTIONS = {
     "clips": "Ingest: decode 16 frames at the configured stride (PyAV), resize + centre-crop to 448x256; or render a synthetic scene (pybullet) with its depth, masks and ground-truth tracks.",
@@ -63,6 +64,8 @@ def report_metadata(report: StageReport) -> dict:
     if "shard_path" in report.extra:
         metadata["shard_path"] = MetadataValue.path(report.extra["shard_path"])
         metadata["bytes_per_sample"] = round(report.extra["bytes_per_sample"])
+    if "published_uri" in report.extra:
+        metadata["published_uri"] = MetadataValue.path(report.extra["published_uri"])
     return metadata
 
 
@@ -94,7 +97,9 @@ def _stage_asset(stage: str, upstream: str | None):
     )
     def _materialize(context: AssetExecutionContext) -> MaterializeResult:
         settings = context.resources.pipeline_settings.settings()
-        report = run_stage(stage, context.partition_key, settings, stage_backends(context.resources))
+        retry = [reason for reason in context.run.tags.get(RETRY_TAG, "").split(",") if reason]
+        storage_options = context.resources.pipeline_settings.storage_options()
+        report = run_stage(stage, context.partition_key, settings, stage_backends(context.resources), retry=retry, storage_options=storage_options)
         context.log.info(f"{stage} {context.partition_key}: {report.accepted} accepted, rejected here {report.rejected_here}, {report.seconds:.2f}s")
         check_results = None
         if is_shards:
@@ -122,7 +127,7 @@ stage_assets = [_stage_asset(stage, STAGES[i - 1] if i else None) for i, stage i
 def dataset(context: AssetExecutionContext) -> MaterializeResult:
     settings = context.resources.pipeline_settings.settings()
     partitions = list(partition_rows(settings))
-    summary = build_dataset(settings, partitions)
+    summary = build_dataset(settings, partitions, context.resources.pipeline_settings.storage_options())
     missing = [p for p in partitions if not (settings.shards_dir / f"{p}.json").exists()]
     return MaterializeResult(
         metadata={
@@ -134,6 +139,7 @@ def dataset(context: AssetExecutionContext) -> MaterializeResult:
             "quality_vs_ground_truth": MetadataValue.json(summary["quality_vs_ground_truth"]),
             "bytes_per_sample": round(summary["bytes_per_sample"]),
             "dataset_dir": MetadataValue.path(str(settings.dataset_dir)),
+            **({"published_uri": MetadataValue.path(summary["published_uri"])} if "published_uri" in summary else {}),
             "card": MetadataValue.md((settings.dataset_dir / "README.md").read_text()),
         }
     )

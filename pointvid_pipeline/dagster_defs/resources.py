@@ -1,15 +1,33 @@
-"""Resources: run settings and one lazily loaded backend per stage protocol, configured by env vars."""
+"""Resources: run settings and one lazily loaded backend per stage protocol, configured by env vars.
+
+Secrets (POINTVID_STORAGE_OPTIONS, POINTVID_LLM_API_KEY) are resource fields set to Dagster
+`EnvVar`s, never to values: the run config, the job snapshot and the UI then hold only the
+variable's name, and the value is read in the run's own process. `repr=False` keeps the resolved
+value out of the resource's repr.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from dagster import ConfigurableResource
-from pydantic import PrivateAttr
+from dagster import ConfigurableResource, EnvVar
+from pydantic import Field, PrivateAttr
 
 from ..backends import BACKENDS, backend_name, create_backend
+from ..object_prompts_llm import API_KEY_ENV
 from ..pipeline import StageBackends
 from ..settings import PipelineSettings
+from ..storage import STORAGE_OPTIONS_ENV, parse_storage_options
+
+
+def optional_env_var(name: str) -> str:
+    """EnvVar(name) when the variable is set where the definitions load, else "" (none).
+
+    Dagster fails a run whose EnvVar is unset, and these secrets are optional (a local endpoint
+    needs no key, s3fs finds its own credentials).
+    """
+    return EnvVar(name) if name in os.environ else ""
 
 
 class PipelineSettingsResource(ConfigurableResource):
@@ -24,6 +42,8 @@ class PipelineSettingsResource(ConfigurableResource):
     background_fraction: float = 0.1
     kalman_rts: bool = True
     batch_size: int = 8
+    output_uri: str = ""
+    storage_options_json: str = Field(default="", repr=False, description=f"JSON object of fsspec options for output_uri: only ever EnvVar({STORAGE_OPTIONS_ENV!r})")
 
     @classmethod
     def from_settings(cls, settings: PipelineSettings) -> "PipelineSettingsResource":
@@ -31,6 +51,7 @@ class PipelineSettingsResource(ConfigurableResource):
             data_dir=str(settings.data_dir), manifest=settings.manifest or "", shard_size=settings.shard_size or 0,
             profile=settings.profile, frame_stride=settings.frame_stride, grid_size=settings.grid_size,
             background_fraction=settings.background_fraction, kalman_rts=settings.kalman_rts, batch_size=settings.batch_size,
+            output_uri=settings.output_uri or "", storage_options_json=optional_env_var(STORAGE_OPTIONS_ENV),
         )
 
     def settings(self) -> PipelineSettings:
@@ -38,7 +59,12 @@ class PipelineSettingsResource(ConfigurableResource):
             data_dir=Path(self.data_dir), manifest=self.manifest or None, shard_size=self.shard_size or None,
             profile=self.profile, frame_stride=self.frame_stride, grid_size=self.grid_size,
             background_fraction=self.background_fraction, kalman_rts=self.kalman_rts, batch_size=self.batch_size,
+            output_uri=self.output_uri or None,
         )
+
+    def storage_options(self) -> dict:
+        """fsspec options for `output_uri`, kept apart from `settings()` so they never become settings."""
+        return parse_storage_options(self.storage_options_json)
 
 
 class BackendResource(ConfigurableResource):
@@ -46,11 +72,13 @@ class BackendResource(ConfigurableResource):
 
     kind: str
     backend: str
+    api_key: str = Field(default="", repr=False, description=f"Only for the `llm-http` object extractor: only ever EnvVar({API_KEY_ENV!r})")
     _instance: object = PrivateAttr(default=None)
 
     def get(self):
         if self._instance is None:
-            self._instance = create_backend(self.kind, self.backend)
+            secrets = {"api_key": self.api_key} if self.api_key else {}
+            self._instance = create_backend(self.kind, self.backend, **secrets)
         return self._instance
 
 
@@ -60,7 +88,9 @@ BACKEND_KINDS = tuple(BACKENDS)
 def build_resources(settings: PipelineSettings) -> dict[str, ConfigurableResource]:
     resources: dict[str, ConfigurableResource] = {"pipeline_settings": PipelineSettingsResource.from_settings(settings)}
     for kind in BACKEND_KINDS:
-        resources[kind] = BackendResource(kind=kind, backend=backend_name(kind, settings.profile))
+        backend = backend_name(kind, settings.profile)
+        api_key = optional_env_var(API_KEY_ENV) if (kind, backend) == ("object_extractor", "llm-http") else ""
+        resources[kind] = BackendResource(kind=kind, backend=backend, api_key=api_key)
     return resources
 
 
