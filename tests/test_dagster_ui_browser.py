@@ -3,6 +3,7 @@ it, then headless Chromium (Debian `chromium`, driven by Playwright) checks the 
 stage's preview picture is rendered. Screenshots are kept in the test's temp dir (listed at the end of
 the pytest report)."""
 
+import math
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ import pytest
 from pointvid_pipeline.dagster_defs.assets import GROUP
 from pointvid_pipeline.pipeline import STAGES
 from pointvid_pipeline.previews import STAGE_PICTURES
+from pointvid_pipeline.synthetic import load_default_scenes
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -31,6 +33,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 PARTITION = "shard-00000"
+SHARD_SIZE = 2  # clips per partition: short runs
+PARTITION_COUNT = math.ceil(len(load_default_scenes()) / SHARD_SIZE)
 # dagster_graphql calls gql the old way; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:Using variable_values:DeprecationWarning")
 ASSETS = [*STAGES, "dataset"]
@@ -81,7 +85,7 @@ def dagster_dev(tmp_path_factory):
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     # Two clips per partition keeps the run short; the partitions are registered as a user would.
-    env = {**os.environ, "DAGSTER_HOME": str(home), "POINTVID_DATA_DIR": str(root / "data"), "POINTVID_SHARD_SIZE": "2"}
+    env = {**os.environ, "DAGSTER_HOME": str(home), "POINTVID_DATA_DIR": str(root / "data"), "POINTVID_SHARD_SIZE": str(SHARD_SIZE)}
     subprocess.run(["pointvid", "partitions"], cwd=REPO, env=env, check=True, capture_output=True)
     port = free_port()
     log = root / "dagster_dev.log"
@@ -171,16 +175,10 @@ def test_shard_materialization_lists_its_samples(dagster_dev, page, ui_screensho
     page.screenshot(path=ui_screenshots / "pointvid_shards_latest_materialization.png", full_page=True)
 
 
-def test_command_line_backfill_of_several_shards_runs_and_shows_in_the_ui(dagster_dev, page, ui_screenshots):
-    """`dagster job backfill` queues one run per shard; the `dagster dev` daemon launches them."""
+def wait_for_backfill(root: Path, backfill: str, shards: list[str]) -> None:
+    """Until the backfill's runs (launched by the `dagster dev` daemon) finish; then all must have succeeded."""
     from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-    base, root, env = dagster_dev
-    shards = ["shard-00001", "shard-00002"]
-    command = ["dagster", "job", "backfill", "-w", "workspace.yaml", "-j", "curate_shard", "--partitions", ",".join(shards), "--noprompt"]
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    backfill = re.search(r"Launched backfill job `(\w+)`", done.stdout).group(1)
     with DagsterInstance.from_config(str(root / "dagster_home")) as instance:
         deadline = time.monotonic() + 300
         while True:
@@ -193,6 +191,39 @@ def test_command_line_backfill_of_several_shards_runs_and_shows_in_the_ui(dagste
     assert all(run.status == DagsterRunStatus.SUCCESS for run in runs)
     for shard in shards:
         assert (root / "data" / "shards" / f"{shard}.tar").stat().st_size > 0
+
+
+def test_backfill_of_several_shards_launched_from_the_ui(dagster_dev, page, ui_screenshots):
+    """Jobs > curate_shard > Materialize all…, pick two partitions, Launch backfill: as a user would."""
+    base, root, _ = dagster_dev
+    shards = ["shard-00003", "shard-00004"]
+    open_page(page, f"{base}/locations/pointvid_pipeline/jobs/curate_shard")
+    page.get_by_role("button", name="Materialize all…").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_role("button", name="All", exact=True).click()  # a known start: every partition
+    dialog.get_by_text(f"{PARTITION_COUNT} partitions selected").click()  # opens the partition picker
+    page.get_by_text(f"Select all ({PARTITION_COUNT})").click()  # clears the selection
+    for shard in shards:
+        page.locator("span", has_text=shard).first.click()
+    page.keyboard.press("Escape")
+    dialog.get_by_text("2 partitions", exact=True).wait_for(state="visible")
+    page.screenshot(path=ui_screenshots / "backfill_dialog.png")
+    dialog.get_by_role("button", name="Launch backfill").click()
+    toast = page.get_by_text(re.compile(r"Created backfill \w+"))
+    toast.wait_for(state="visible")
+    backfill = re.search(r"Created backfill (\w+)", toast.inner_text()).group(1)
+    wait_for_backfill(root, backfill, shards)
+
+
+def test_command_line_backfill_of_several_shards_runs_and_shows_in_the_ui(dagster_dev, page, ui_screenshots):
+    """`dagster job backfill` queues one run per shard; the `dagster dev` daemon launches them."""
+    base, root, env = dagster_dev
+    shards = ["shard-00001", "shard-00002"]
+    command = ["dagster", "job", "backfill", "-w", "workspace.yaml", "-j", "curate_shard", "--partitions", ",".join(shards), "--noprompt"]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    backfill = re.search(r"Launched backfill job `(\w+)`", done.stdout).group(1)
+    wait_for_backfill(root, backfill, shards)
     open_page(page, f"{base}/runs/b/{backfill}")
     page.get_by_text(backfill).first.wait_for(state="visible")
     page.screenshot(path=ui_screenshots / "backfill.png")
