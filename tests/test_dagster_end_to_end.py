@@ -108,3 +108,14 @@ def test_rerun_in_another_folder_writes_byte_identical_shards(run, tmp_path):
     for stage in STAGES:
         run_stage(stage, partition, again, backends)
     assert file_md5(again.shards_dir / f"{partition}.tar") == file_md5(settings.shards_dir / f"{partition}.tar")
+
+
+def test_rematerializing_the_partition_in_place_is_idempotent(run):
+    """A second Dagster run of the same partition rewrites the same bytes: tar, shard index, stage indexes."""
+    settings, partition, instance, _, _ = run
+    outputs = [settings.shards_dir / f"{partition}.tar", settings.shards_dir / f"{partition}.json"]
+    outputs += sorted(settings.stages_dir.glob(f"*/{partition}/_index.json"))
+    before = {path: file_md5(path) for path in outputs}
+    result = build_definitions(settings).resolve_job_def("curate_shard").execute_in_process(partition_key=partition, instance=instance)
+    assert result.success
+    assert {path: file_md5(path) for path in outputs} == before
