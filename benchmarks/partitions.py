@@ -61,7 +61,7 @@ def main() -> None:
         resources = {"pipeline_settings": PipelineSettingsResource.from_settings(settings)}
         (root / "home").mkdir()
         with DagsterInstance.local_temp(str(root / "home")) as instance:
-            read_seconds, rows = timed(lambda: read_manifest(str(manifest)))
+            read_seconds, rows = min(timed(lambda: read_manifest(str(manifest))) for _ in range(2))  # best of 2: warm
             first_seconds, first = timed(lambda: tick(instance, resources))
             unchanged_seconds, none = timed(lambda: tick(instance, resources))
             write_manifest(manifest, args.rows, args.append, mode="a")
@@ -69,9 +69,9 @@ def main() -> None:
             registered = len(instance.get_dynamic_partitions(clip_shards.name))
     assert none == 0 and registered == first + appended
     print(f"manifest: {len(rows)} rows, {args.shard_size} clips per shard; reading it (reference): {read_seconds:.2f} s")
-    print(f"first tick, {first} shards assigned and registered: {first_seconds:.2f} s ({first_seconds / read_seconds:.1f}x the read)")
-    print(f"tick on the unchanged manifest, nothing registered:  {unchanged_seconds:.2f} s ({unchanged_seconds / read_seconds:.1f}x the read)")
-    print(f"tick after appending {args.append} rows, {appended} new shards: {append_seconds:.2f} s ({append_seconds / read_seconds:.1f}x the read)")
+    print(f"first tick, {first} shards assigned and registered: {first_seconds:.2f} s ({first_seconds / read_seconds:.2f}x the read)")
+    print(f"tick on the unchanged manifest, nothing registered:  {unchanged_seconds:.2f} s ({unchanged_seconds / read_seconds:.2f}x the read)")
+    print(f"tick after appending {args.append} rows, {appended} new shards: {append_seconds:.2f} s ({append_seconds / read_seconds:.2f}x the read)")
 
 
 if __name__ == "__main__":
