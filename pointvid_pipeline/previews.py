@@ -20,6 +20,7 @@ from .stage_store import StageStore
 
 MAX_SAMPLES = 3  # samples stacked per picture
 STRIP_FRAMES = (0, 5, 10, 15)
+UI_MAX_WIDTH = 1200  # Dagster's markdown dialog is ~1250 px wide in a 1600 px window; wider pictures get cut off
 TRAIL = 3  # frames of trail behind each tracked point
 SHOWN_POINTS = (200, 60)  # foreground, background tracks drawn per frame: all ~1000 would bury the objects
 LABEL_HEIGHT = 18
@@ -150,6 +151,14 @@ def _encode(image: np.ndarray, palette: bool) -> bytes:
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG", compress_level=7)
     return buffer.getvalue()
+
+
+def fit_width(image: np.ndarray, max_width: int) -> np.ndarray:
+    """Downscaled (area filter) to at most `max_width` pixels wide; narrower images are returned as they are."""
+    if image.shape[1] <= max_width:
+        return image
+    height = round(image.shape[0] * max_width / image.shape[1])
+    return cv2.resize(np.ascontiguousarray(image), (max_width, height), interpolation=cv2.INTER_AREA)
 
 
 def png_bytes(image: np.ndarray, max_bytes: int = 200_000) -> bytes:
@@ -360,7 +369,7 @@ def partition_previews(stage: str, partition: str, settings: PipelineSettings) -
     keys = list(accepted)[:MAX_SAMPLES]
     if not keys:
         return {}
-    return {title: png_bytes(image) for title, image in STAGE_PICTURES[stage](store, partition, keys, accepted).items()}
+    return {title: png_bytes(fit_width(image, UI_MAX_WIDTH)) for title, image in STAGE_PICTURES[stage](store, partition, keys, accepted).items()}
 
 
 def _cell(value: float | None, fmt: str) -> str:

@@ -10,7 +10,16 @@ from PIL import Image
 from pointvid_pipeline.dagster_defs.assets import clip_shards
 from pointvid_pipeline.dagster_defs.definitions import build_definitions
 from pointvid_pipeline.pipeline import STAGES
-from pointvid_pipeline.previews import depth_colormap, draw_tracks, frame_strip, mask_overlay, partition_previews, png_bytes, shard_samples_markdown
+from pointvid_pipeline.previews import (
+    UI_MAX_WIDTH,
+    depth_colormap,
+    draw_tracks,
+    frame_strip,
+    mask_overlay,
+    partition_previews,
+    png_bytes,
+    shard_samples_markdown,
+)
 from pointvid_pipeline.settings import PipelineSettings
 
 PARTITION = "shard-00000"
@@ -41,7 +50,7 @@ def test_every_stage_with_arrays_gets_readable_small_non_trivial_pictures(previe
         for title, png in pictures.items():
             image = _decode(png)
             assert len(png) <= 200_000, (stage, title, len(png))
-            assert image.shape[0] >= 200 and image.shape[1] >= 400, (stage, title, image.shape)
+            assert image.shape[0] >= 200 and 400 <= image.shape[1] <= UI_MAX_WIDTH, (stage, title, image.shape)  # fits the UI dialog
             packed = image.astype(np.int32) @ np.array([1 << 16, 1 << 8, 1])
             assert len(np.unique(packed)) > 50 and image.std() > 10, (stage, title)
     assert any("ground truth" in title for title in previews["smoothed_tracks"])
