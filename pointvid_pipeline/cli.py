@@ -67,22 +67,21 @@ def partitions_command(args) -> int:
     return 0
 
 
-def _partitions_to_retry(settings, partitions: list[str]) -> list[str]:
-    """Partitions whose last finished run ledgered rows with a transient reason; says how many on stderr."""
+def _partitions_to_retry(settings, partitions: list[str], reasons: list[str]) -> list[str]:
+    """Partitions whose last finished run ledgered rows with one of `reasons`; says how many on stderr."""
     from .pipeline import retry_keys
-    from .rejections import TRANSIENT_REASONS
     from .stage_store import StageStore
 
     store, chosen = StageStore(settings.stages_dir), []
     for partition in partitions:
         try:
-            keys = retry_keys(store, partition, TRANSIENT_REASONS)
+            keys = retry_keys(store, partition, reasons)
         except RuntimeError:
             continue  # never finished: a plain `pointvid run` processes it whole
         if keys:
             chosen.append(partition)
             print(f"{partition}: retrying {len(keys)} rows ({', '.join(sorted(keys)[:3])}{', ...' if len(keys) > 3 else ''})", file=sys.stderr)
-    print(f"{len(chosen)} of {len(partitions)} partitions have rows rejected for a transient reason ({', '.join(sorted(TRANSIENT_REASONS))})", file=sys.stderr)
+    print(f"{len(chosen)} of {len(partitions)} partitions have rows rejected for a transient reason ({', '.join(reasons)})", file=sys.stderr)
     return chosen
 
 
@@ -100,7 +99,8 @@ def run(args) -> int:
     partitions = list(partition_rows(settings))
     tags = {}
     if args.retry_transient:
-        partitions, tags = _partitions_to_retry(settings, partitions), {RETRY_TAG: ",".join(sorted(TRANSIENT_REASONS))}
+        reasons = sorted(TRANSIENT_REASONS)
+        partitions, tags = _partitions_to_retry(settings, partitions, reasons), {RETRY_TAG: ",".join(reasons)}
     if args.partition:
         unknown = sorted(set(args.partition) - set(partitions))
         if unknown:

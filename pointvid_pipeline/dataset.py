@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from .settings import PipelineSettings
 from .shards import SCHEMA_VERSION
 from .stage_store import atomic_path, atomic_write_bytes, atomic_write_json
-from .storage import join_uri, publish_file, storage_options_from_env
+from .storage import join_uri, publish_file
 
 DATASET_FILES = ("samples.parquet", "rejections.parquet", "summary.json", "README.md")  # published in this order, card last
 QUALITY_FIELDS = (
@@ -96,10 +96,9 @@ def build_dataset(settings: PipelineSettings, partitions: list[str], storage_opt
     atomic_write_json(dataset_dir / "summary.json", summary)
     atomic_write_bytes(dataset_dir / "README.md", dataset_card(summary).encode())
     if settings.output_uri:
-        options = storage_options_from_env() if storage_options is None else storage_options
         folder = join_uri(settings.output_uri, "dataset")
         for name in DATASET_FILES:
-            publish_file(dataset_dir / name, join_uri(folder, name), options)
+            publish_file(dataset_dir / name, join_uri(folder, name), storage_options)
         return {**summary, "published_uri": folder}
     return summary
 

@@ -18,7 +18,7 @@ from .shards import (
     write_tar,
 )
 from .stage_store import StageStore, atomic_path, atomic_write_json
-from .storage import join_uri, publish_file, storage_options_from_env
+from .storage import join_uri, publish_file
 
 SAMPLE_JSON_FIELDS = ("caption", "objects", "synthetic", "intrinsics", "source", "backends", "stats", "kalman", "query_sampling", "row")
 
@@ -64,8 +64,7 @@ def run_shard_stage(partition: str, settings: PipelineSettings, storage_options:
     checks = verify_shard(tar_path, index, list(upstream.accepted))
     extra = {}
     if settings.output_uri and all(passed for passed, _ in checks.values()):  # a shard failing its checks stays local
-        options = storage_options_from_env() if storage_options is None else storage_options
-        extra["published_uri"] = publish_shard(tar_path, index_path, settings.output_uri, options)
+        extra["published_uri"] = publish_shard(tar_path, index_path, settings.output_uri, storage_options)
     seconds = time.perf_counter() - started
     return StageReport(
         stage="pointvid_shards",
@@ -81,7 +80,7 @@ def run_shard_stage(partition: str, settings: PipelineSettings, storage_options:
     )
 
 
-def publish_shard(tar_path, index_path, output_uri: str, storage_options: dict) -> str:
+def publish_shard(tar_path, index_path, output_uri: str, storage_options: dict | None) -> str:
     """Tar first, index last: as locally, a shard whose index is there is complete. Returns the tar's URI."""
     folder = join_uri(output_uri, "shards")
     tar_uri = publish_file(tar_path, join_uri(folder, tar_path.name), storage_options)

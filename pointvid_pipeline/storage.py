@@ -51,9 +51,12 @@ def join_uri(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
 
 
-def publish_file(local_path: Path, uri: str, storage_options: dict) -> str:
-    """Copy `local_path` to `uri` via a temporary name beside it, then move it onto `uri`; returns `uri`."""
-    fs, path = output_filesystem(uri, storage_options)
+def publish_file(local_path: Path, uri: str, storage_options: dict | None) -> str:
+    """Copy `local_path` to `uri` via a temporary name beside it, then move it onto `uri`; returns `uri`.
+
+    `storage_options`: as Dagster resolved them from their EnvVar; None reads POINTVID_STORAGE_OPTIONS.
+    """
+    fs, path = output_filesystem(uri, storage_options_from_env() if storage_options is None else storage_options)
     folder, name = posixpath.split(path)
     temporary = posixpath.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
     try:
