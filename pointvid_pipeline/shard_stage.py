@@ -43,8 +43,6 @@ def run_shard_stage(partition: str, settings: PipelineSettings, storage_options:
         members += sample
         samples.append({"key": key, "bytes": sum(len(data) for _, data in sample), "synthetic": meta["synthetic"]})
     tar_path, index_path = shard_paths(settings, partition)
-    for partial in settings.shards_dir.glob(f".{tar_path.name}.*.tmp"):  # left by a killed run (one writer per partition)
-        partial.unlink(missing_ok=True)
     index_path.unlink(missing_ok=True)  # killed between tar and index: "no index" (not finished), never a stale one
     with atomic_path(tar_path) as tmp:
         write_tar(tmp, members)

@@ -26,8 +26,14 @@ os.umask(_UMASK)
 
 @contextmanager
 def atomic_path(path: Path):
-    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds.
+
+    Temporary files of an earlier writer of `path` that was killed (SIGKILL skips the cleanup
+    below) are removed first: every path here has one writer at a time.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    for partial in path.parent.glob(f".{path.name}.*.tmp"):
+        partial.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -80,7 +86,7 @@ class StageStore:
 
     def write_arrays(self, stage: str, partition: str, key: str, arrays: dict[str, np.ndarray]) -> None:
         folder = self.partition_dir(stage, partition) / key
-        for stale in [*folder.glob("*.npy"), *folder.glob(".*.tmp")]:  # .tmp: left by a killed run
+        for stale in folder.glob("*.npy"):
             if stale.stem not in arrays:
                 stale.unlink()
         for name, array in arrays.items():
