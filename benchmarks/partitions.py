@@ -19,8 +19,8 @@ from dagster import DagsterInstance, SkipReason, build_sensor_context
 from pointvid_pipeline.dagster_defs.assets import clip_shards
 from pointvid_pipeline.dagster_defs.resources import PipelineSettingsResource
 from pointvid_pipeline.dagster_defs.sensors import clip_shard_partitions
-from pointvid_pipeline.manifest import read_manifest
 from pointvid_pipeline.settings import PipelineSettings
+from pointvid_pipeline.storage.manifest import read_manifest
 
 
 def write_manifest(path: Path, first: int, count: int, mode: str = "w") -> None:

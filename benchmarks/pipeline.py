@@ -23,7 +23,7 @@ from pathlib import Path  # noqa: E402
 import cv2  # noqa: E402
 import postprocess  # noqa: E402
 
-from pointvid_pipeline.backends import lazy_backends  # noqa: E402
+from pointvid_pipeline.backends.registry import lazy_backends  # noqa: E402
 from pointvid_pipeline.dataset import build_dataset  # noqa: E402
 from pointvid_pipeline.pipeline import STAGES, partition_rows, run_stage  # noqa: E402
 from pointvid_pipeline.settings import PipelineSettings  # noqa: E402

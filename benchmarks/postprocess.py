@@ -34,12 +34,12 @@ from pointvid_pipeline.clip import (  # noqa: E402
     default_intrinsics,
     unproject,
 )
-from pointvid_pipeline.paper_reference import (  # noqa: E402
+from pointvid_pipeline.evaluation.paper_reference import (  # noqa: E402
     densify_point_map_literal,
     kalman_smooth_filterpy,
 )
-from pointvid_pipeline.point_maps import densify_point_map  # noqa: E402
-from pointvid_pipeline.smoothing import KalmanConfig, kalman_filter_xyz  # noqa: E402
+from pointvid_pipeline.stages.point_maps import densify_point_map  # noqa: E402
+from pointvid_pipeline.stages.smoothing import KalmanConfig, kalman_filter_xyz  # noqa: E402
 
 TRACK_COUNT = 6400
 FOREGROUND_TRACK_COUNT = 1500

@@ -24,7 +24,7 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from pointvid_pipeline.backends import lazy_backends  # noqa: E402
+from pointvid_pipeline.backends.registry import lazy_backends  # noqa: E402
 from pointvid_pipeline.pipeline import STAGES, partition_rows, run_stage  # noqa: E402
 from pointvid_pipeline.settings import PipelineSettings  # noqa: E402
 from training.data import expand_shards, make_loader  # noqa: E402

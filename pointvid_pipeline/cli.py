@@ -13,7 +13,6 @@ import sys
 import tarfile
 from pathlib import Path
 
-
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # the progress bar tells the story; the UI has the logs
 
 
@@ -32,7 +31,7 @@ def _apply_arguments_to_environment(args) -> None:
 def _settings_and_home(args):
     """Settings from arguments + env, and a persistent Dagster home (never the CLI's temporary one)."""
     _apply_arguments_to_environment(args)
-    from .settings import PipelineSettings
+    from pointvid_pipeline.settings import PipelineSettings
 
     settings = PipelineSettings.from_env()
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(settings.data_dir / "dagster_home"))).resolve()
@@ -45,7 +44,7 @@ def _settings_and_home(args):
 
 def register_partitions(instance, partitions: list[str]) -> list[str]:
     """Add the shard partitions the instance does not know yet; returns the new ones."""
-    from .dagster_defs.assets import clip_shards
+    from pointvid_pipeline.dagster_defs.assets import clip_shards
 
     known = set(instance.get_dynamic_partitions(clip_shards.name))
     new = [p for p in partitions if p not in known]
@@ -57,7 +56,7 @@ def partitions_command(args) -> int:
     settings, home = _settings_and_home(args)
     from dagster import DagsterInstance
 
-    from .pipeline import partition_rows
+    from pointvid_pipeline.pipeline import partition_rows
 
     partitions = list(partition_rows(settings))
     with DagsterInstance.get() as instance:
@@ -69,8 +68,8 @@ def partitions_command(args) -> int:
 
 def _partitions_to_retry(settings, partitions: list[str], reasons: list[str]) -> list[str]:
     """Partitions whose last finished run ledgered rows with one of `reasons`; says how many on stderr."""
-    from .pipeline import retry_keys
-    from .stage_store import StageStore
+    from pointvid_pipeline.pipeline import retry_keys
+    from pointvid_pipeline.storage.stage_store import StageStore
 
     store, chosen = StageStore(settings.stages_dir), []
     for partition in partitions:
@@ -90,10 +89,10 @@ def run(args) -> int:
     from dagster import DagsterInstance
     from tqdm import tqdm
 
-    from .dagster_defs.assets import RETRY_TAG
-    from .dagster_defs.definitions import build_definitions
-    from .pipeline import partition_rows
-    from .rejections import TRANSIENT_REASONS
+    from pointvid_pipeline.dagster_defs.assets import RETRY_TAG
+    from pointvid_pipeline.dagster_defs.definitions import build_definitions
+    from pointvid_pipeline.pipeline import partition_rows
+    from pointvid_pipeline.rejections import TRANSIENT_REASONS
 
     defs = build_definitions(settings)
     partitions = list(partition_rows(settings))
@@ -135,7 +134,7 @@ def inspect_command(args) -> int:
     """List a shard's samples, or write one sample's pictures; exit 2 when the shard or key is not there."""
     from tqdm import tqdm
 
-    from .shard_inspection import find_sample, format_listing, inspect_sample, iter_samples, shard_stem, summary_row
+    from pointvid_pipeline.tools.inspect_shard import find_sample, format_listing, inspect_sample, iter_samples, shard_stem, summary_row
 
     try:
         if args.key is None:
@@ -158,7 +157,7 @@ def inspect_command(args) -> int:
 
 def stats_command(args) -> int:
     """Print rejection and tracking figures of a dataset folder and write stats.png beside them."""
-    from .dataset_stats import collect, format_report, stats_figure
+    from pointvid_pipeline.tools.dataset_stats import collect, format_report, stats_figure
 
     dataset_dir = Path(args.dataset_dir)
     try:

@@ -10,10 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .settings import PipelineSettings
-from .shards import SCHEMA_VERSION
-from .stage_store import atomic_path, atomic_write_bytes, atomic_write_json
-from .storage import join_uri, publish_file
+from pointvid_pipeline.settings import PipelineSettings
+from pointvid_pipeline.storage.publish import join_uri, publish_file
+from pointvid_pipeline.storage.shard_format import SCHEMA_VERSION
+from pointvid_pipeline.storage.stage_store import atomic_path, atomic_write_bytes, atomic_write_json
 
 DATASET_FILES = ("samples.parquet", "rejections.parquet", "summary.json", "README.md")  # published in this order, card last
 QUALITY_FIELDS = (
@@ -58,7 +58,7 @@ def build_dataset(settings: PipelineSettings, partitions: list[str], storage_opt
 
     With `settings.output_uri` the files are then published to `<output_uri>/dataset/` and the
     returned summary (not summary.json) names that folder as `published_uri`. `storage_options`
-    as in `run_shard_stage`: None reads POINTVID_STORAGE_OPTIONS.
+    as in `write_partition_shard`: None reads POINTVID_STORAGE_OPTIONS.
     """
     samples, rejections, metas, shards = [], [], [], []
     for partition in partitions:

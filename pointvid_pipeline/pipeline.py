@@ -15,21 +15,38 @@ from functools import cached_property, lru_cache
 
 import numpy as np
 
-from . import __version__
-from .clip import Clip, SceneTruth, default_intrinsics
-from .depth import DepthEstimator, RendererDepth
-from .manifest import InputRow, manifest_version, read_manifest, synthetic_rows
-from .object_prompts import ObjectExtractor, objects_for_caption
-from .point_maps import densify_point_map
-from .quality import mean_abs_acceleration, track_error_stats
-from .query_points import sample_query_points, sample_seed
-from .reference_masks import ReferenceSegmenter, RendererMasks, check_reference_mask
-from .rejections import BackendUnavailable, RejectionReason, SampleRejected
-from .settings import PipelineSettings
-from .shard_assignment import LEDGER_NAME, assign_shards
-from .smoothing import KalmanConfig, smooth_tracks
-from .stage_store import StageIndex, StageStore
-from .tracking import PointTracker
+from pointvid_pipeline import __version__
+from pointvid_pipeline.backends.registry import StageBackends
+from pointvid_pipeline.clip import Clip, SceneTruth, default_intrinsics
+from pointvid_pipeline.evaluation.track_errors import (
+    mean_abs_acceleration,
+    track_error_stats,
+)
+from pointvid_pipeline.rejections import (
+    BackendUnavailable,
+    RejectionReason,
+    SampleRejected,
+)
+from pointvid_pipeline.settings import PipelineSettings
+from pointvid_pipeline.stages.depth import RendererDepth
+from pointvid_pipeline.stages.object_prompts import objects_for_caption
+from pointvid_pipeline.stages.point_maps import densify_point_map
+from pointvid_pipeline.stages.query_points import sample_query_points, sample_seed
+from pointvid_pipeline.stages.reference_masks import (
+    ReferenceSegmenter,
+    RendererMasks,
+    check_reference_mask,
+)
+from pointvid_pipeline.stages.shards import write_partition_shard
+from pointvid_pipeline.stages.smoothing import KalmanConfig, smooth_tracks
+from pointvid_pipeline.storage.manifest import (
+    InputRow,
+    manifest_version,
+    read_manifest,
+    synthetic_rows,
+)
+from pointvid_pipeline.storage.shard_assignment import LEDGER_NAME, assign_shards
+from pointvid_pipeline.storage.stage_store import StageIndex, StageStore
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +62,6 @@ STAGES = (
     "pointvid_shards",
 )
 MIN_VISIBLE_FRACTION = 0.5  # a foreground track counts as visible if seen in at least half the frames
-
-
-@dataclass
-class StageBackends:
-    """Zero-argument getters, so a stage only loads the models it actually uses."""
-
-    object_extractor: Callable[[], ObjectExtractor]
-    segmenter: Callable[[], ReferenceSegmenter]
-    depth_estimator: Callable[[], DepthEstimator]
-    point_tracker: Callable[[], PointTracker]
 
 
 @dataclass
@@ -126,12 +133,12 @@ def _clips(sample: Sample, settings: PipelineSettings, backends: StageBackends) 
     if not row.caption.strip():
         raise SampleRejected(RejectionReason.missing_caption, "caption is empty")
     if row.is_synthetic:
-        from .synthetic import load_default_scenes, render_scene
+        from pointvid_pipeline.synthetic.scenes import load_default_scenes, render_scene
 
         clip = render_scene(next(spec for spec in load_default_scenes() if spec.name == row.scene))
         backend = f"pybullet-tinyrenderer@{clip.source.get('pybullet_version', '')}"
     else:
-        from .clips import decode_clip
+        from pointvid_pipeline.stages.clips import decode_clip
 
         frames, info = decode_clip(row.video, row.start, row.end, stride=settings.frame_stride)
         clip = Clip(row.key, frames, row.caption, default_intrinsics(), {"kind": "video", **info, "intrinsics": "assumed 60 deg horizontal FOV"})
@@ -328,7 +335,7 @@ def input_rows(settings: PipelineSettings) -> list[InputRow]:
     """
     if settings.manifest:
         return list(_manifest_rows(settings.manifest, manifest_version(settings.manifest)))
-    from .synthetic import load_default_scenes, scene_caption
+    from pointvid_pipeline.synthetic.scenes import load_default_scenes, scene_caption
 
     return synthetic_rows([(spec.name, scene_caption(spec)) for spec in load_default_scenes()])
 
@@ -401,9 +408,7 @@ def run_stage(
     (the shard stage only); None reads POINTVID_STORAGE_OPTIONS.
     """
     if stage == "pointvid_shards":
-        from .shard_stage import run_shard_stage
-
-        return run_shard_stage(partition, settings, storage_options)
+        return _run_shard_stage(partition, settings, storage_options)
     store = StageStore(settings.stages_dir)
     samples, rejected = load_samples(store, stage, partition, settings)
     order = [s.key for s in samples]  # manifest order, kept in the index however samples are (re)processed
@@ -445,4 +450,21 @@ def run_stage(
         seconds_per_sample=seconds / max(len(samples), 1),
         stats=mean_stage_stats(index.accepted.values(), stage),
         backends={stage: ", ".join(backend_names)},
+    )
+
+
+def _run_shard_stage(partition: str, settings: PipelineSettings, storage_options: dict | None) -> StageReport:
+    result = write_partition_shard(partition, settings, storage_options)
+    accepted = len(result.accepted_meta)
+    return StageReport(
+        stage="pointvid_shards",
+        partition=partition,
+        accepted=accepted,
+        rejected_here={},
+        rejected_total=len(result.rejected),
+        seconds=result.seconds,
+        seconds_per_sample=result.seconds / max(accepted, 1),
+        stats=mean_stage_stats(result.accepted_meta.values(), "point_maps"),
+        backends={},
+        extra=result.extra,
     )

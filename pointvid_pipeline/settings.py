@@ -20,7 +20,7 @@ class PipelineSettings:
     output_uri: fsspec URL that finished shards and dataset files are also published to; None = local only.
 
     No field holds a credential: these values become Dagster run config. Storage credentials come
-    from the fsspec backend's own env vars or POINTVID_STORAGE_OPTIONS (see storage.py).
+    from the fsspec backend's own env vars or POINTVID_STORAGE_OPTIONS (see storage/publish.py).
     """
 
     data_dir: Path = Path("pointvid_data")

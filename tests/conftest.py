@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import json
+from pathlib import Path
 
 import pytest
 from media import SHARED_VIDEOS
 
-from pointvid_pipeline.backends import lazy_backends
+from pointvid_pipeline.backends.registry import lazy_backends
 from pointvid_pipeline.clip import SYNTHETIC_CAPTION_TAG
 from pointvid_pipeline.pipeline import STAGES, run_stage
 from pointvid_pipeline.settings import PipelineSettings
-from pointvid_pipeline.shards import read_samples, sample_members, write_tar
+from pointvid_pipeline.storage.shard_format import read_samples, sample_members, write_tar
 
 
 @pytest.fixture(scope="session")

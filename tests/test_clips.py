@@ -12,8 +12,8 @@ import pytest
 from media import shared_video, write_video
 
 from pointvid_pipeline.clip import FRAME_COUNT, FRAME_HEIGHT, FRAME_WIDTH
-from pointvid_pipeline.clips import decode_clip
 from pointvid_pipeline.rejections import RejectionReason, SampleRejected
+from pointvid_pipeline.stages.clips import decode_clip
 
 VIDEO_NAMES = ["01_dog.mp4", "02_cups.mp4", "03_blocks.mp4", "04_coffee.mp4", "05_juggle.mp4", "bedroom.mp4"]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pointvid_pipeline.pipeline import partition_rows
 from pointvid_pipeline.settings import PipelineSettings
-from pointvid_pipeline.shards import CHECKS, file_md5, read_samples, verify_shard
+from pointvid_pipeline.storage.shard_format import CHECKS, file_md5, read_samples, verify_shard
 
 REPO = Path(__file__).resolve().parents[1]
 PARTITION = "shard-00000"

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, DagsterInstance, SkipReason, build_sensor_context
 
-from pointvid_pipeline.backends import lazy_backends
+from pointvid_pipeline.backends.registry import lazy_backends
 from pointvid_pipeline.dagster_defs.assets import clip_shards
 from pointvid_pipeline.dagster_defs.definitions import build_definitions
 from pointvid_pipeline.dagster_defs.sensors import clip_shard_partitions
 from pointvid_pipeline.pipeline import STAGES, partition_rows, run_stage
 from pointvid_pipeline.settings import PipelineSettings
-from pointvid_pipeline.shards import (
+from pointvid_pipeline.storage.shard_format import (
     CHECKS,
     MEMBER_SUFFIXES,
     file_md5,

@@ -18,8 +18,8 @@ import pytest
 
 from pointvid_pipeline.dagster_defs.assets import GROUP
 from pointvid_pipeline.pipeline import STAGES
-from pointvid_pipeline.previews import STAGE_PICTURES
-from pointvid_pipeline.synthetic import load_default_scenes
+from pointvid_pipeline.synthetic.scenes import load_default_scenes
+from pointvid_pipeline.tools.previews import STAGE_PICTURES
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

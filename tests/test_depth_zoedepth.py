@@ -10,15 +10,8 @@ from transformers.models.zoedepth.image_processing_pil_zoedepth import (
     ZoeDepthImageProcessorPil,
 )
 
-from pointvid_pipeline.backends import create_backend
-from pointvid_pipeline.clip import (
-    FRAME_COUNT,
-    FRAME_HEIGHT,
-    FRAME_WIDTH,
-    Clip,
-    default_intrinsics,
-)
-from pointvid_pipeline.depth_zoedepth import (
+from pointvid_pipeline.backends.registry import create_backend
+from pointvid_pipeline.backends.zoedepth import (
     MODEL_ENV,
     ZoeDepthEstimator,
     ZoePreprocessing,
@@ -29,6 +22,13 @@ from pointvid_pipeline.depth_zoedepth import (
     preprocess,
     remove_padding,
     zoe_padding,
+)
+from pointvid_pipeline.clip import (
+    FRAME_COUNT,
+    FRAME_HEIGHT,
+    FRAME_WIDTH,
+    Clip,
+    default_intrinsics,
 )
 from pointvid_pipeline.rejections import BackendUnavailable
 

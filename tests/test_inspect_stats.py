@@ -12,7 +12,7 @@ from PIL import Image
 from pointvid_pipeline.cli import main
 from pointvid_pipeline.dataset import build_dataset
 from pointvid_pipeline.settings import PipelineSettings
-from pointvid_pipeline.shards import read_samples
+from pointvid_pipeline.storage.shard_format import read_samples
 
 
 @pytest.fixture(scope="module")

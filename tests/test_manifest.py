@@ -4,7 +4,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pointvid_pipeline.manifest import read_manifest
+from pointvid_pipeline.storage.manifest import read_manifest
 
 
 def test_plain_csv_resolves_relative_paths(shared_videos):

@@ -1,7 +1,7 @@
 import pytest
 
-from pointvid_pipeline.object_prompts import LexicalObjectExtractor, objects_for_caption
 from pointvid_pipeline.rejections import RejectionReason, SampleRejected
+from pointvid_pipeline.stages.object_prompts import LexicalObjectExtractor, objects_for_caption
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from tiny_qwen2 import save_tiny_qwen2
 
-from pointvid_pipeline.backends import create_backend
-from pointvid_pipeline.object_prompts import LexicalObjectExtractor
-from pointvid_pipeline.object_prompts_llm import UnusableAnswer, grounded_objects
+from pointvid_pipeline.backends.llm import UnusableAnswer, grounded_objects
+from pointvid_pipeline.backends.registry import create_backend
 from pointvid_pipeline.rejections import BackendUnavailable
+from pointvid_pipeline.stages.object_prompts import LexicalObjectExtractor
 
 MODEL = "recorded-llm"
 API_KEY = "sk-test-0123456789"

@@ -21,7 +21,7 @@ from pointvid_pipeline.dagster_defs.assets import clip_shards
 from pointvid_pipeline.dagster_defs.definitions import build_definitions
 from pointvid_pipeline.pipeline import partition_rows
 from pointvid_pipeline.settings import PipelineSettings
-from pointvid_pipeline.shards import CHECKS, read_samples
+from pointvid_pipeline.storage.shard_format import CHECKS, read_samples
 
 COTRACKER_CHECKOUT = Path(__file__).resolve().parent / "fake_trackers" / "co-tracker"
 

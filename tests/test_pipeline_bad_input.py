@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from media import textured_frames, write_video
 
-from pointvid_pipeline.backends import lazy_backends
+from pointvid_pipeline.backends.registry import lazy_backends
 from pointvid_pipeline.dataset import build_dataset
 from pointvid_pipeline.pipeline import STAGES, partition_rows, run_stage
 from pointvid_pipeline.settings import PipelineSettings
-from pointvid_pipeline.shards import read_samples
-from pointvid_pipeline.stage_store import StageStore
+from pointvid_pipeline.storage.shard_format import read_samples
+from pointvid_pipeline.storage.stage_store import StageStore
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from pointvid_pipeline.paper_reference import densify_point_map_literal
-from pointvid_pipeline.point_maps import densify_point_map
+from pointvid_pipeline.evaluation.paper_reference import densify_point_map_literal
+from pointvid_pipeline.stages.point_maps import densify_point_map
 
 FRAMES = 4
 

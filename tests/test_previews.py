@@ -10,7 +10,8 @@ from PIL import Image
 from pointvid_pipeline.dagster_defs.assets import clip_shards
 from pointvid_pipeline.dagster_defs.definitions import build_definitions
 from pointvid_pipeline.pipeline import STAGES
-from pointvid_pipeline.previews import (
+from pointvid_pipeline.settings import PipelineSettings
+from pointvid_pipeline.tools.previews import (
     UI_MAX_WIDTH,
     depth_colormap,
     draw_tracks,
@@ -20,7 +21,6 @@ from pointvid_pipeline.previews import (
     png_bytes,
     shard_samples_markdown,
 )
-from pointvid_pipeline.settings import PipelineSettings
 
 PARTITION = "shard-00000"
 EXPECTED_TITLES = {

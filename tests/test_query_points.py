@@ -1,6 +1,6 @@
 import numpy as np
 
-from pointvid_pipeline.query_points import grid_points, sample_query_points, sample_seed
+from pointvid_pipeline.stages.query_points import grid_points, sample_query_points, sample_seed
 
 
 def test_grid_80_covers_the_frame_on_integer_pixels():

@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from pointvid_pipeline.backends import lazy_backends
+from pointvid_pipeline.backends.registry import lazy_backends
 from pointvid_pipeline.pipeline import STAGES, partition_rows, run_stage
 from pointvid_pipeline.rejections import BackendUnavailable
 from pointvid_pipeline.settings import PipelineSettings
-from pointvid_pipeline.stage_store import StageStore
+from pointvid_pipeline.storage.stage_store import StageStore
 
 
 def test_real_clips_are_segmented_then_ledgered_for_missing_depth(shared_videos, tmp_path):

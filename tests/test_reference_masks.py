@@ -15,13 +15,13 @@ from pointvid_pipeline.clip import (
     SceneTruth,
     default_intrinsics,
 )
-from pointvid_pipeline.clips import decode_clip
-from pointvid_pipeline.reference_masks import (
+from pointvid_pipeline.rejections import RejectionReason, SampleRejected
+from pointvid_pipeline.stages.clips import decode_clip
+from pointvid_pipeline.stages.reference_masks import (
     MotionSegmenter,
     RendererMasks,
     check_reference_mask,
 )
-from pointvid_pipeline.rejections import RejectionReason, SampleRejected
 
 
 def make_clip(frames: np.ndarray, truth: SceneTruth | None = None) -> Clip:

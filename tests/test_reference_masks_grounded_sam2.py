@@ -16,16 +16,7 @@ from transformers.models.grounding_dino.modeling_grounding_dino import (
     GroundingDinoObjectDetectionOutput,
 )
 
-from pointvid_pipeline.backends import create_backend
-from pointvid_pipeline.clip import (
-    FRAME_COUNT,
-    FRAME_HEIGHT,
-    FRAME_WIDTH,
-    Clip,
-    default_intrinsics,
-)
-from pointvid_pipeline.reference_masks import check_reference_mask
-from pointvid_pipeline.reference_masks_grounded_sam2 import (
+from pointvid_pipeline.backends.grounded_sam2 import (
     DEFAULT_GROUNDING_DINO_MODEL,
     DEFAULT_SAM2_MODEL,
     GroundedSam2Segmenter,
@@ -38,11 +29,20 @@ from pointvid_pipeline.reference_masks_grounded_sam2 import (
     sam2_pixel_values,
     select_best_masks,
 )
+from pointvid_pipeline.backends.registry import create_backend
+from pointvid_pipeline.clip import (
+    FRAME_COUNT,
+    FRAME_HEIGHT,
+    FRAME_WIDTH,
+    Clip,
+    default_intrinsics,
+)
 from pointvid_pipeline.rejections import (
     BackendUnavailable,
     RejectionReason,
     SampleRejected,
 )
+from pointvid_pipeline.stages.reference_masks import check_reference_mask
 
 OBJECTS = ["Dog", "woman"]
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from dagster import DagsterInstance
 
-from pointvid_pipeline.backends import lazy_backends
+from pointvid_pipeline.backends.registry import StageBackends, lazy_backends
 from pointvid_pipeline.dagster_defs.assets import RETRY_TAG
-from pointvid_pipeline.pipeline import STAGES, StageBackends, partition_rows, run_stage
+from pointvid_pipeline.pipeline import STAGES, partition_rows, run_stage
 from pointvid_pipeline.rejections import TRANSIENT_REASONS
 from pointvid_pipeline.settings import PipelineSettings
-from pointvid_pipeline.shards import read_samples
+from pointvid_pipeline.storage.shard_format import read_samples
 
 PARTITION = "shard-00000"
 

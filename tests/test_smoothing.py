@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from pointvid_pipeline.clip import default_intrinsics, project, unproject
-from pointvid_pipeline.paper_reference import kalman_smooth_filterpy
-from pointvid_pipeline.smoothing import KalmanConfig, kalman_filter_xyz, smooth_tracks
+from pointvid_pipeline.evaluation.paper_reference import kalman_smooth_filterpy
+from pointvid_pipeline.stages.smoothing import KalmanConfig, kalman_filter_xyz, smooth_tracks
 
 FRAMES = 16
 INTRINSICS = default_intrinsics()

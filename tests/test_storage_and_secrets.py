@@ -24,18 +24,18 @@ from dagster import AssetKey, DagsterInstance, build_resources
 from fsspec.core import url_to_fs
 from media import SHARED_VIDEOS, shared_video
 
-from pointvid_pipeline.backends import lazy_backends
-from pointvid_pipeline.clips import decode_clip
+from pointvid_pipeline.backends.llm import API_KEY_ENV
+from pointvid_pipeline.backends.registry import lazy_backends
 from pointvid_pipeline.dagster_defs.assets import clip_shards
 from pointvid_pipeline.dagster_defs.definitions import build_definitions
 from pointvid_pipeline.dataset import DATASET_FILES, build_dataset
-from pointvid_pipeline.object_prompts_llm import API_KEY_ENV
 from pointvid_pipeline.pipeline import STAGES, run_stage
 from pointvid_pipeline.settings import PipelineSettings
-from pointvid_pipeline.shard_stage import shard_paths
-from pointvid_pipeline.shards import file_md5
-from pointvid_pipeline.stage_store import StageStore
-from pointvid_pipeline.storage import STORAGE_OPTIONS_ENV, parse_storage_options, publish_file
+from pointvid_pipeline.stages.clips import decode_clip
+from pointvid_pipeline.stages.shards import shard_paths
+from pointvid_pipeline.storage.publish import STORAGE_OPTIONS_ENV, parse_storage_options, publish_file
+from pointvid_pipeline.storage.shard_format import file_md5
+from pointvid_pipeline.storage.stage_store import StageStore
 
 PARTITION = "shard-00000"
 VIDEO = "04_coffee.mp4"

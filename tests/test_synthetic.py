@@ -17,7 +17,7 @@ from pointvid_pipeline.clip import (
     SYNTHETIC_CAPTION_TAG,
     unproject,
 )
-from pointvid_pipeline.synthetic import (
+from pointvid_pipeline.synthetic.scenes import (
     OBJECT_KINDS,
     SceneSpec,
     load_default_scenes,

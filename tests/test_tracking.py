@@ -8,8 +8,8 @@ import pytest
 from media import shared_video
 
 from pointvid_pipeline.clip import FRAME_COUNT, FRAME_HEIGHT, FRAME_WIDTH
-from pointvid_pipeline.clips import decode_clip
-from pointvid_pipeline.tracking import OpticalFlowTracker
+from pointvid_pipeline.stages.clips import decode_clip
+from pointvid_pipeline.stages.tracking import OpticalFlowTracker
 
 IMAGE_BOUNDS = np.array([FRAME_WIDTH - 1, FRAME_HEIGHT - 1])
 

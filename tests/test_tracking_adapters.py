@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from pointvid_pipeline.backends import create_backend
-from pointvid_pipeline.clip import FRAME_COUNT, FRAME_HEIGHT, FRAME_WIDTH
-from pointvid_pipeline.rejections import BackendUnavailable
-from pointvid_pipeline.tracking_adapters import (
+from pointvid_pipeline.backends.registry import create_backend
+from pointvid_pipeline.backends.trackers import (
     CoTracker3Tracker,
     SpaTrackerTracker,
     checkout_commit,
 )
+from pointvid_pipeline.clip import FRAME_COUNT, FRAME_HEIGHT, FRAME_WIDTH
+from pointvid_pipeline.rejections import BackendUnavailable
 
 FAKE_CHECKOUTS = Path(__file__).parent / "fake_trackers"
 SPATRACKER_CHECKOUT = FAKE_CHECKOUTS / "spatracker"

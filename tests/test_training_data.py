@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pointvid_pipeline.clip import SYNTHETIC_CAPTION_TAG
-from pointvid_pipeline.shards import load_points, read_samples, write_tar
+from pointvid_pipeline.storage.shard_format import load_points, read_samples, write_tar
 from training.data import decode_video, denormalise_points, expand_shards, make_loader
 
 DEPTH_MAX = 4.0  # the default scenes' depths are 1-2 m: nothing is clamped

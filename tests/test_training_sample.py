@@ -8,7 +8,7 @@ from pathlib import Path
 import av
 from PIL import Image
 
-from pointvid_pipeline.shards import read_samples
+from pointvid_pipeline.storage.shard_format import read_samples
 from training.config import load_config
 from training.fit import fit
 from training.sample import main

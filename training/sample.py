@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     reference = load_model(args.reference_checkpoint)[0] if args.reference_checkpoint else None
     image = image_tensor(args.image, config)
     video, points = generate(model, config, image, args.prompt, args.steps, args.seed, reference, args.simdrop_scale)
-    from pointvid_pipeline.shards import encode_mp4
+    from pointvid_pipeline.storage.shard_format import encode_mp4
 
     args.out.mkdir(parents=True, exist_ok=True)
     frames = ((video.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().astype(np.uint8)

@@ -15,12 +15,12 @@ from dagster import (
     asset,
 )
 
-from ..dataset import build_dataset
-from ..pipeline import STAGES, StageReport, partition_rows, run_stage
-from ..previews import partition_previews, shard_samples_markdown
-from ..settings import PipelineSettings
-from ..shards import CHECKS
-from .resources import stage_backends
+from pointvid_pipeline.dagster_defs.resources import stage_backends
+from pointvid_pipeline.dataset import build_dataset
+from pointvid_pipeline.pipeline import STAGES, StageReport, partition_rows, run_stage
+from pointvid_pipeline.settings import PipelineSettings
+from pointvid_pipeline.storage.shard_format import CHECKS
+from pointvid_pipeline.tools.previews import partition_previews, shard_samples_markdown
 
 clip_shards = DynamicPartitionsDefinition(name="clip_shards")
 GROUP = "curation"

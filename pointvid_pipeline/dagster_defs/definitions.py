@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dagster import AssetSelection, Definitions, define_asset_job
 
-from ..settings import PipelineSettings
-from .assets import dataset, stage_assets
-from .kubernetes import curate_shard_execution, executor_kind
-from .resources import build_resources
-from .sensors import clip_shard_partitions
+from pointvid_pipeline.dagster_defs.assets import dataset, stage_assets
+from pointvid_pipeline.dagster_defs.kubernetes import curate_shard_execution, executor_kind
+from pointvid_pipeline.dagster_defs.resources import build_resources
+from pointvid_pipeline.dagster_defs.sensors import clip_shard_partitions
+from pointvid_pipeline.settings import PipelineSettings
 
 dataset_job = define_asset_job("build_dataset", selection=AssetSelection.assets(dataset), description="Roll all shards up into the dataset manifests and card.")
 

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 
 from dagster import ExecutorDefinition, in_process_executor
 
-from ..settings import PipelineSettings
-from .assets import MODEL_STAGES
+from pointvid_pipeline.dagster_defs.assets import MODEL_STAGES
+from pointvid_pipeline.settings import PipelineSettings
 
 EXECUTORS = ("in_process", "k8s")
 K8S_CONFIG_TAG = "dagster-k8s/config"

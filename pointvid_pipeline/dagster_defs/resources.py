@@ -14,11 +14,10 @@ from pathlib import Path
 from dagster import ConfigurableResource, EnvVar
 from pydantic import Field, PrivateAttr
 
-from ..backends import BACKENDS, backend_name, create_backend
-from ..object_prompts_llm import API_KEY_ENV
-from ..pipeline import StageBackends
-from ..settings import PipelineSettings
-from ..storage import STORAGE_OPTIONS_ENV, parse_storage_options
+from pointvid_pipeline.backends.llm import API_KEY_ENV
+from pointvid_pipeline.backends.registry import BACKENDS, StageBackends, backend_name, create_backend
+from pointvid_pipeline.settings import PipelineSettings
+from pointvid_pipeline.storage.publish import STORAGE_OPTIONS_ENV, parse_storage_options
 
 
 def optional_env_var(name: str) -> str:

@@ -9,9 +9,9 @@ from dagster import (
     sensor,
 )
 
-from ..pipeline import partition_rows
-from .assets import clip_shards
-from .resources import PipelineSettingsResource
+from pointvid_pipeline.dagster_defs.assets import clip_shards
+from pointvid_pipeline.dagster_defs.resources import PipelineSettingsResource
+from pointvid_pipeline.pipeline import partition_rows
 
 
 @sensor(

@@ -16,7 +16,7 @@ from filterpy.kalman import KalmanFilter, rts_smoother
 from scipy.spatial import cKDTree
 
 if TYPE_CHECKING:
-    from pointvid_pipeline.smoothing import KalmanConfig
+    from pointvid_pipeline.stages.smoothing import KalmanConfig
 
 
 def constant_velocity_filter(first_xyz: np.ndarray, config: KalmanConfig) -> KalmanFilter:

@@ -20,9 +20,9 @@ import fsspec
 import numpy as np
 from PIL import Image
 
-from .clip import unproject
-from .previews import INSTANCE_COLOURS, depth_colormap, draw_tracks, frame_strip, mask_overlay, png_bytes
-from .shards import load_points
+from pointvid_pipeline.clip import unproject
+from pointvid_pipeline.storage.shard_format import load_points
+from pointvid_pipeline.tools.previews import INSTANCE_COLOURS, depth_colormap, draw_tracks, frame_strip, mask_overlay, png_bytes
 
 SHEET_FRAMES = (0, 5, 10, 15)
 TRAIL_FRAMES = 4  # frames of history drawn behind each tracked point

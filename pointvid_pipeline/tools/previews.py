@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .settings import PipelineSettings
-from .stage_store import StageStore
+from pointvid_pipeline.settings import PipelineSettings
+from pointvid_pipeline.storage.stage_store import StageStore
 
 MAX_SAMPLES = 3  # samples stacked per picture
 STRIP_FRAMES = (0, 5, 10, 15)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
-from .pipeline import StageReport, mean_stage_stats
-from .settings import PipelineSettings
-from .shards import (
+from pointvid_pipeline.settings import PipelineSettings
+from pointvid_pipeline.storage.publish import join_uri, publish_file
+from pointvid_pipeline.storage.shard_format import (
     CHECKS,
     SCHEMA_VERSION,
     encode_mp4,
@@ -17,8 +18,11 @@ from .shards import (
     verify_shard,
     write_tar,
 )
-from .stage_store import StageStore, atomic_path, atomic_write_json
-from .storage import join_uri, publish_file
+from pointvid_pipeline.storage.stage_store import (
+    StageStore,
+    atomic_path,
+    atomic_write_json,
+)
 
 SAMPLE_JSON_FIELDS = ("caption", "objects", "synthetic", "intrinsics", "source", "backends", "stats", "kalman", "query_sampling", "row")
 
@@ -27,7 +31,17 @@ def shard_paths(settings: PipelineSettings, partition: str):
     return settings.shards_dir / f"{partition}.tar", settings.shards_dir / f"{partition}.json"
 
 
-def run_shard_stage(partition: str, settings: PipelineSettings, storage_options: dict | None = None) -> StageReport:
+@dataclass
+class ShardResult:
+    """What writing one partition's shard did; the runner turns it into a StageReport."""
+
+    accepted_meta: dict[str, dict]  # key -> the point_maps stage's metadata of each packed sample
+    rejected: list[dict]  # the ledger inherited from upstream
+    seconds: float
+    extra: dict
+
+
+def write_partition_shard(partition: str, settings: PipelineSettings, storage_options: dict | None = None) -> ShardResult:
     """`storage_options`: fsspec options for `settings.output_uri` (Dagster passes its resolved EnvVar);
     None reads them from POINTVID_STORAGE_OPTIONS, for plain-Python use."""
     store = StageStore(settings.stages_dir)
@@ -60,22 +74,13 @@ def run_shard_stage(partition: str, settings: PipelineSettings, storage_options:
     }
     atomic_write_json(index_path, index)
     checks = verify_shard(tar_path, index, list(upstream.accepted))
-    extra = {}
+    published = {}
     if settings.output_uri and all(passed for passed, _ in checks.values()):  # a shard failing its checks stays local
-        extra["published_uri"] = publish_shard(tar_path, index_path, settings.output_uri, storage_options)
+        published["published_uri"] = publish_shard(tar_path, index_path, settings.output_uri, storage_options)
     seconds = time.perf_counter() - started
-    return StageReport(
-        stage="pointvid_shards",
-        partition=partition,
-        accepted=len(samples),
-        rejected_here={},
-        rejected_total=len(upstream.rejected),
-        seconds=seconds,
-        seconds_per_sample=seconds / max(len(samples), 1),
-        stats=mean_stage_stats(upstream.accepted.values(), "point_maps"),
-        backends={},
-        extra={"checks": {name: {"passed": passed, "detail": detail, "description": CHECKS[name]} for name, (passed, detail) in checks.items()}, "shard_path": str(tar_path), "shard_bytes": size, "bytes_per_sample": size / max(len(samples), 1), **extra},
-    )
+    checks = {name: {"passed": passed, "detail": detail, "description": CHECKS[name]} for name, (passed, detail) in checks.items()}
+    extra = {"checks": checks, "shard_path": str(tar_path), "shard_bytes": size, "bytes_per_sample": size / max(len(samples), 1), **published}
+    return ShardResult(accepted_meta=upstream.accepted, rejected=upstream.rejected, seconds=seconds, extra=extra)
 
 
 def publish_shard(tar_path, index_path, output_uri: str, storage_options: dict | None) -> str:

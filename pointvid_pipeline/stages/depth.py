@@ -11,8 +11,8 @@ from typing import Protocol
 
 import numpy as np
 
-from .clip import Clip
-from .rejections import RejectionReason, SampleRejected
+from pointvid_pipeline.clip import Clip
+from pointvid_pipeline.rejections import RejectionReason, SampleRejected
 
 
 class DepthEstimator(Protocol):

@@ -25,14 +25,14 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .clip import SYNTHETIC_CAPTION_TAG
-from .object_prompts import ExtractedObjects, LexicalObjectExtractor
-from .rejections import BackendUnavailable
-from .stage_store import atomic_write_json
+from pointvid_pipeline.clip import SYNTHETIC_CAPTION_TAG
+from pointvid_pipeline.rejections import BackendUnavailable
+from pointvid_pipeline.stages.object_prompts import ExtractedObjects, LexicalObjectExtractor
+from pointvid_pipeline.storage.stage_store import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-PROMPT_PATH = Path(__file__).resolve().parents[1] / "assets" / "prompts" / "object_extraction.txt"
+PROMPT_PATH = Path(__file__).resolve().parents[2] / "assets" / "prompts" / "object_extraction.txt"
 MAX_ANSWER_TOKENS = 64
 ANSWER_SCHEMA = {
     "type": "object",
@@ -322,7 +322,7 @@ class TransformersObjectExtractor:
     def setup(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from .torch_runtime import resolve_device, resolve_dtype
+        from pointvid_pipeline.backends.torch_runtime import resolve_device, resolve_dtype
 
         how_to_get = (
             f"set POINTVID_LLM_LOCAL_MODEL to a local folder holding the model and tokenizer, e.g. run "

@@ -10,28 +10,44 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from .pipeline import StageBackends
-from .rejections import BackendUnavailable
+from pointvid_pipeline.rejections import BackendUnavailable
+from pointvid_pipeline.stages.depth import DepthEstimator
+from pointvid_pipeline.stages.object_prompts import ObjectExtractor
+from pointvid_pipeline.stages.reference_masks import ReferenceSegmenter
+from pointvid_pipeline.stages.tracking import PointTracker
+
+
+@dataclass
+class StageBackends:
+    """Zero-argument getters, so a stage only loads the models it actually uses."""
+
+    object_extractor: Callable[[], ObjectExtractor]
+    segmenter: Callable[[], ReferenceSegmenter]
+    depth_estimator: Callable[[], DepthEstimator]
+    point_tracker: Callable[[], PointTracker]
+
 
 BACKENDS: dict[str, dict[str, str]] = {
     "object_extractor": {
-        "lexical": "pointvid_pipeline.object_prompts:LexicalObjectExtractor",
-        "llm-http": "pointvid_pipeline.object_prompts_llm:ChatEndpointObjectExtractor",
-        "llm-transformers": "pointvid_pipeline.object_prompts_llm:TransformersObjectExtractor",
+        "lexical": "pointvid_pipeline.stages.object_prompts:LexicalObjectExtractor",
+        "llm-http": "pointvid_pipeline.backends.llm:ChatEndpointObjectExtractor",
+        "llm-transformers": "pointvid_pipeline.backends.llm:TransformersObjectExtractor",
     },
     "segmenter": {
-        "motion-grabcut": "pointvid_pipeline.reference_masks:MotionSegmenter",
-        "grounded-sam2": "pointvid_pipeline.reference_masks_grounded_sam2:GroundedSam2Segmenter",
+        "motion-grabcut": "pointvid_pipeline.stages.reference_masks:MotionSegmenter",
+        "grounded-sam2": "pointvid_pipeline.backends.grounded_sam2:GroundedSam2Segmenter",
     },
     "depth_estimator": {
-        "renderer": "pointvid_pipeline.depth:RendererDepth",
-        "zoedepth": "pointvid_pipeline.depth_zoedepth:ZoeDepthEstimator",
+        "renderer": "pointvid_pipeline.stages.depth:RendererDepth",
+        "zoedepth": "pointvid_pipeline.backends.zoedepth:ZoeDepthEstimator",
     },
     "point_tracker": {
-        "optical-flow": "pointvid_pipeline.tracking:OpticalFlowTracker",
-        "spatracker": "pointvid_pipeline.tracking_adapters:SpaTrackerTracker",
-        "cotracker3": "pointvid_pipeline.tracking_adapters:CoTracker3Tracker",
+        "optical-flow": "pointvid_pipeline.stages.tracking:OpticalFlowTracker",
+        "spatracker": "pointvid_pipeline.backends.trackers:SpaTrackerTracker",
+        "cotracker3": "pointvid_pipeline.backends.trackers:CoTracker3Tracker",
     },
 }
 PROFILE_BACKENDS: dict[str, dict[str, str]] = {

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .clip import Clip
-from .rejections import BackendUnavailable
+from pointvid_pipeline.clip import Clip
+from pointvid_pipeline.rejections import BackendUnavailable
 
 MODEL_ENV = "POINTVID_ZOEDEPTH_MODEL"
 DEFAULT_MODEL = "Intel/zoedepth-nyu-kitti"
@@ -178,7 +178,7 @@ class ZoeDepthEstimator:
     def setup(self) -> None:
         from transformers import ZoeDepthForDepthEstimation
 
-        from .torch_runtime import resolve_device, resolve_dtype
+        from pointvid_pipeline.backends.torch_runtime import resolve_device, resolve_dtype
 
         source = self._model_source()
         self.device = resolve_device()

@@ -19,8 +19,8 @@ import json
 from contextlib import contextmanager
 from pathlib import Path
 
-from .manifest import InputRow, shard_key
-from .stage_store import atomic_write_bytes
+from pointvid_pipeline.storage.manifest import InputRow, shard_key
+from pointvid_pipeline.storage.stage_store import atomic_write_bytes
 
 LEDGER_NAME = "shard_assignment.json"
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from .clip import SYNTHETIC_CAPTION_TAG
-from .rejections import RejectionReason, SampleRejected
+from pointvid_pipeline.clip import SYNTHETIC_CAPTION_TAG
+from pointvid_pipeline.rejections import RejectionReason, SampleRejected
 
-VOCABULARY_PATH = Path(__file__).resolve().parents[1] / "assets" / "vocabulary" / "objects.json"
+VOCABULARY_PATH = Path(__file__).resolve().parents[2] / "assets" / "vocabulary" / "objects.json"
 
 
 @dataclass(frozen=True)

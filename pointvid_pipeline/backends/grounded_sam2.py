@@ -205,7 +205,7 @@ class GroundedSam2Segmenter:
         import torch
         from transformers import AutoModelForZeroShotObjectDetection, Sam2Model
 
-        from pointvid_pipeline.torch_runtime import resolve_device, resolve_dtype
+        from pointvid_pipeline.backends.torch_runtime import resolve_device, resolve_dtype
 
         dino_folder = local_model_dir(self.grounding_dino_model, "POINTVID_GROUNDING_DINO_MODEL", DEFAULT_GROUNDING_DINO_MODEL)
         sam2_folder = local_model_dir(self.sam2_model, "POINTVID_SAM2_MODEL", DEFAULT_SAM2_MODEL)

@@ -37,7 +37,7 @@ from pointvid_pipeline.clip import (
     unproject,
 )
 
-SCENES_DIR = Path(__file__).resolve().parents[1] / "assets" / "scenes"
+SCENES_DIR = Path(__file__).resolve().parents[2] / "assets" / "scenes"
 DEFAULT_SCENES_PATH = SCENES_DIR / "default_scenes.json"
 
 PHYSICS_HZ = 240

@@ -13,7 +13,7 @@ def resolve_device(name: str | None = None) -> str:
     if not name:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        from .rejections import BackendUnavailable
+        from pointvid_pipeline.rejections import BackendUnavailable
 
         raise BackendUnavailable(f"POINTVID_DEVICE={name} but torch sees no CUDA device (torch {torch.__version__})")
     return name

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .rejections import BackendUnavailable
-from .torch_runtime import resolve_device
-from .tracking import sample_nearest
+from pointvid_pipeline.backends.torch_runtime import resolve_device
+from pointvid_pipeline.rejections import BackendUnavailable
+from pointvid_pipeline.stages.tracking import sample_nearest
 
 SPATRACKER_REPOSITORY = "https://github.com/henry123-boy/SpaTracker"
 SPATRACKER_CHECKPOINT_HELP = (

@@ -1,0 +1,1 @@
+"""The synthetic world: pybullet scenes rendered on the CPU with their ground truth."""

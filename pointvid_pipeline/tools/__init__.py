@@ -1,0 +1,1 @@
+"""User tools over finished data: shard inspection, dataset statistics, preview pictures."""
