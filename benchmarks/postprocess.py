@@ -38,7 +38,7 @@ from pointvid_pipeline.evaluation.paper_reference import (  # noqa: E402
     densify_point_map_literal,
     kalman_smooth_filterpy,
 )
-from pointvid_pipeline.stages.point_maps import densify_point_map  # noqa: E402
+from pointvid_pipeline.stages.point_maps import densify_absolute_tracks  # noqa: E402
 from pointvid_pipeline.stages.smoothing import KalmanConfig, kalman_filter_xyz  # noqa: E402
 
 TRACK_COUNT = 6400
@@ -119,8 +119,8 @@ def measure() -> dict:
 
     tracks_uvd, query_uv, mask = densification_input(rng)
     (literal, _), densify_reference_s = timed(lambda: densify_point_map_literal(tracks_uvd, query_uv, mask))
-    densify_vectorised_s = best_seconds(lambda: densify_point_map(tracks_uvd, query_uv, mask))
-    dense, tracked = densify_point_map(tracks_uvd, query_uv, mask)
+    densify_vectorised_s = best_seconds(lambda: densify_absolute_tracks(tracks_uvd, query_uv, mask))
+    dense, tracked = densify_absolute_tracks(tracks_uvd, query_uv, mask)
 
     return {
         "kalman": {

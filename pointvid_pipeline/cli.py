@@ -173,6 +173,30 @@ def stats_command(args) -> int:
     return 0
 
 
+def evaluate_command(args) -> int:
+    """Point-map accuracy of a dataset's synthetic samples against ground truth: print the tables, write evaluation.parquet."""
+    from pointvid_pipeline.dataset import EVALUATION_FILE, write_evaluation_parquet
+    from pointvid_pipeline.evaluation.point_map_accuracy import evaluate_dataset, markdown_tables, summarise
+
+    dataset_dir = Path(args.dataset_dir)
+    data_dir = dataset_dir.resolve().parent
+    if not (data_dir / "shards").is_dir():
+        print(f"{dataset_dir} is not the dataset/ folder of a curated data directory (no shards/ beside it)", file=sys.stderr)
+        return 2
+    rows, missing = evaluate_dataset(data_dir, progress=True)
+    if missing:
+        print(f"not evaluated, ground truth gone from {data_dir / 'stages' / 'clips'}: {', '.join(missing)}", file=sys.stderr)
+    if not rows:
+        print("no synthetic sample with ground truth in these shards: nothing to evaluate", file=sys.stderr)
+        return 2
+    print(markdown_tables(rows, summarise(rows)))
+    out = Path(args.out) if args.out else dataset_dir
+    out.mkdir(parents=True, exist_ok=True)
+    write_evaluation_parquet(out / EVALUATION_FILE, rows)
+    print(f"per-object rows: {out / EVALUATION_FILE}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pointvid", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -192,8 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     stats_parser = commands.add_parser("stats", help="rejection reasons and visibility / track-length distributions of a dataset folder")
     stats_parser.add_argument("dataset_dir", help="the `dataset/` folder (samples.parquet, rejections.parquet, summary.json)")
     stats_parser.add_argument("--out", help="folder for stats.png (default: DATASET_DIR)")
+    evaluate_parser = commands.add_parser("evaluate", help="TAP-Vid / TAPVid-3D accuracy of the shipped point maps against ground truth, per object, scene and camera motion")
+    evaluate_parser.add_argument("dataset_dir", help="the `dataset/` folder of a data directory (its shards/ and stages/ beside it)")
+    evaluate_parser.add_argument("--out", help="folder for evaluation.parquet (default: DATASET_DIR)")
     args = parser.parse_args(argv)
-    commands_by_name = {"run": run, "partitions": partitions_command, "inspect": inspect_command, "stats": stats_command}
+    commands_by_name = {"run": run, "partitions": partitions_command, "inspect": inspect_command, "stats": stats_command, "evaluate": evaluate_command}
     return commands_by_name[args.command](args)
 
 

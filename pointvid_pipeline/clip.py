@@ -71,3 +71,27 @@ def project(xyz: np.ndarray, intrinsics: np.ndarray) -> np.ndarray:
     x, y, z = xyz[..., 0], xyz[..., 1], xyz[..., 2]
     safe_z = np.where(np.abs(z) < 1e-9, 1e-9, z)
     return np.stack([fx * x / safe_z + cx, fy * y / safe_z + cy, z], axis=-1)
+
+
+def transform(pose: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Apply a 4x4 rigid transform to (N, 3) points."""
+    return points @ pose[:3, :3].T + pose[:3, 3]
+
+
+def rigid_fit(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares rotation + translation taking src to dst (Kabsch), batched over leading axes.
+
+    src, dst (..., N, 3) -> (..., 4, 4). The determinant fix keeps reflections out.
+    """
+    src_mean, dst_mean = src.mean(-2, keepdims=True), dst.mean(-2, keepdims=True)
+    covariance = np.swapaxes(src - src_mean, -1, -2) @ (dst - dst_mean)
+    u, _, vt = np.linalg.svd(covariance)
+    v, ut = np.swapaxes(vt, -1, -2), np.swapaxes(u, -1, -2)
+    flip = np.ones(u.shape[:-1])
+    flip[..., 2] = np.sign(np.linalg.det(v @ ut))
+    rotation = v @ (flip[..., :, None] * ut)
+    pose = np.zeros(u.shape[:-2] + (4, 4))
+    pose[..., :3, :3] = rotation
+    pose[..., :3, 3] = dst_mean[..., 0, :] - (rotation @ src_mean[..., 0, :, None])[..., 0]
+    pose[..., 3, 3] = 1.0
+    return pose

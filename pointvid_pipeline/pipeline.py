@@ -6,11 +6,12 @@ the tests and the benchmarks all run exactly the same code.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 
 import numpy as np
@@ -18,33 +19,18 @@ import numpy as np
 from pointvid_pipeline import __version__
 from pointvid_pipeline.backends.registry import StageBackends
 from pointvid_pipeline.clip import Clip, SceneTruth, default_intrinsics
-from pointvid_pipeline.evaluation.track_errors import (
-    mean_abs_acceleration,
-    track_error_stats,
-)
-from pointvid_pipeline.rejections import (
-    BackendUnavailable,
-    RejectionReason,
-    SampleRejected,
-)
+from pointvid_pipeline.evaluation.track_errors import mean_abs_acceleration
+from pointvid_pipeline.rejections import BackendUnavailable, RejectionReason, SampleRejected
 from pointvid_pipeline.settings import PipelineSettings
 from pointvid_pipeline.stages.depth import RendererDepth
 from pointvid_pipeline.stages.object_prompts import objects_for_caption
 from pointvid_pipeline.stages.point_maps import densify_point_map
+from pointvid_pipeline.stages.quality_gate import lost_objects, object_signals, thresholds_json
 from pointvid_pipeline.stages.query_points import sample_query_points, sample_seed
-from pointvid_pipeline.stages.reference_masks import (
-    ReferenceSegmenter,
-    RendererMasks,
-    check_reference_mask,
-)
+from pointvid_pipeline.stages.reference_masks import ReferenceSegmenter, RendererMasks, check_reference_mask
 from pointvid_pipeline.stages.shards import write_partition_shard
-from pointvid_pipeline.stages.smoothing import KalmanConfig, smooth_tracks
-from pointvid_pipeline.storage.manifest import (
-    InputRow,
-    manifest_version,
-    read_manifest,
-    synthetic_rows,
-)
+from pointvid_pipeline.stages.smoothing import SMOOTHING_CONFIGS, smooth_tracks
+from pointvid_pipeline.storage.manifest import InputRow, manifest_version, read_manifest, synthetic_rows
 from pointvid_pipeline.storage.shard_assignment import LEDGER_NAME, assign_shards
 from pointvid_pipeline.storage.stage_store import StageIndex, StageStore
 
@@ -135,7 +121,7 @@ def _clips(sample: Sample, settings: PipelineSettings, backends: StageBackends) 
     if row.is_synthetic:
         from pointvid_pipeline.synthetic.scenes import load_default_scenes, render_scene
 
-        clip = render_scene(next(spec for spec in load_default_scenes() if spec.name == row.scene))
+        clip = render_scene(next(spec for spec in load_default_scenes(settings.scenes) if spec.name == row.scene))
         backend = f"pybullet-tinyrenderer@{clip.source.get('pybullet_version', '')}"
     else:
         from pointvid_pipeline.stages.clips import decode_clip
@@ -235,7 +221,7 @@ def _tracks_3d(sample: Sample, settings: PipelineSettings, backends: StageBacken
     tracker = backends.point_tracker()
     queries = sample.arrays("query_points")["queries"]
     labels = sample.arrays("reference_masks")["labels"]
-    tracks, visibility = tracker.track(sample.clip.frames, sample.arrays("depth")["depth"], queries.astype(np.float32))
+    tracks, visibility = tracker.track(sample.clip.frames, sample.arrays("depth")["depth"], queries.astype(np.float32), labels=labels, intrinsics=sample.clip.intrinsics)
     on_fg = labels[queries[:, 1], queries[:, 0]] > 0
     fg_visible = visibility[:, on_fg].mean(axis=0) >= MIN_VISIBLE_FRACTION
     if not fg_visible.any():
@@ -247,18 +233,14 @@ def _tracks_3d(sample: Sample, settings: PipelineSettings, backends: StageBacken
 
 def _smoothed_tracks(sample: Sample, settings: PipelineSettings, backends: StageBackends) -> Outcome:
     tracks = sample.arrays("tracks_3d")
-    config = KalmanConfig(rts_smoothing=settings.kalman_rts)
+    preset = settings.effective_smoothing
+    config = replace(SMOOTHING_CONFIGS[preset], rts_smoothing=settings.kalman_rts)
     smoothed = smooth_tracks(tracks["tracks"], tracks["visibility"], sample.clip.intrinsics, config)
     stats = {"jitter_raw_px": mean_abs_acceleration(tracks["tracks"]), "jitter_smoothed_px": mean_abs_acceleration(smoothed)}
-    truth = sample.clip.truth
-    if truth is not None:
-        queries = sample.arrays("query_points")["queries"]
-        gt_uvd = truth.track_uvd[:, queries[:, 1], queries[:, 0]]
-        gt_visible = truth.track_visible[:, queries[:, 1], queries[:, 0]]
-        stats["jitter_truth_px"] = mean_abs_acceleration(gt_uvd)
-        stats.update({f"raw_{k}": v for k, v in track_error_stats(tracks["tracks"], gt_uvd, gt_visible).items()})
-        stats.update({f"smoothed_{k}": v for k, v in track_error_stats(smoothed, gt_uvd, gt_visible).items()})
-    meta = {"kalman": {**config.__dict__}, "backends": {"smoothed_tracks": f"kalman-cv3d@{__version__}"}}
+    kalman = {**config.__dict__, "preset": preset}
+    if kalman["occluded_measurement_scale"] == math.inf:
+        kalman["occluded_measurement_scale"] = None  # JSON has no infinity: null = occluded frames are predict-only
+    meta = {"kalman": kalman, "backends": {"smoothed_tracks": f"kalman-cv3d-{preset}@{__version__}"}}
     return {"tracks": smoothed}, _with_stats(meta, "smoothed_tracks", stats)
 
 
@@ -266,24 +248,37 @@ def _point_maps(sample: Sample, settings: PipelineSettings, backends: StageBacke
     labels = sample.arrays("reference_masks")["labels"]
     queries = sample.arrays("query_points")["queries"]
     smoothed = sample.arrays("smoothed_tracks")["tracks"]
-    foreground = labels > 0
+    visibility = sample.arrays("tracks_3d")["visibility"]
+    depth = sample.arrays("depth")["depth"]
     try:
-        point_map, tracked = densify_point_map(smoothed, queries, foreground)
+        point_map = densify_point_map(smoothed, visibility, queries, labels, depth, sample.clip.intrinsics, settings.densification)
     except ValueError as exc:
         raise SampleRejected(RejectionReason.no_visible_track, str(exc)) from exc
-    height, width = foreground.shape
-    # Tracks that leave the frame are held at its border: the schema promises in-frame (u, v).
-    point_map[..., 0] = np.clip(point_map[..., 0], 0, width - 1)
-    point_map[..., 1] = np.clip(point_map[..., 1], 0, height - 1)
-    point_map[:, ~foreground] = 0
-    stats = {"foreground_pixels": int(foreground.sum()), "tracked_pixel_fraction": float(tracked[foreground].mean())}
-    truth = sample.clip.truth
-    if truth is not None:
-        visible = truth.track_visible[:, foreground]
-        dense = track_error_stats(point_map[:, foreground], truth.track_uvd[:, foreground], visible)
-        stats.update({f"dense_{k}": v for k, v in dense.items()})
-    meta = {"backends": {"point_maps": f"algorithm1-kdtree@{__version__}"}}
-    return {"uvd": point_map.astype(np.float16), "valid": foreground, "tracked": tracked}, _with_stats(meta, "point_maps", stats)
+    uvd, valid = point_map.uvd, point_map.valid
+    signals = object_signals(sample.clip.frames, depth, smoothed, visibility, labels[queries[:, 1], queries[:, 0]], queries)
+    lost = lost_objects(signals)
+    objects = sample.meta["objects"]
+    removed = [{"object_id": object_id, "object": objects[object_id - 1] if object_id <= len(objects) else "", "reasons": reasons, "pixels": int((valid & (labels == object_id)).sum())} for object_id, reasons in lost.items()]
+    for object_id in lost:
+        valid &= labels != object_id
+    if not valid.any():
+        raise SampleRejected(RejectionReason.track_failure, "every object's tracks were judged lost: " + "; ".join(f"{r['object']} ({', '.join(r['reasons'])})" for r in removed))
+    height, width = valid.shape
+    # Tracks that leave the frame are held at its border (and marked not visible): the schema promises in-frame (u, v).
+    uvd[..., 0] = np.clip(uvd[..., 0], 0, width - 1)
+    uvd[..., 1] = np.clip(uvd[..., 1], 0, height - 1)
+    uvd[:, ~valid] = 0
+    point_map.visible[:, ~valid] = False
+    stats = {
+        "foreground_pixels": int(valid.sum()),
+        "tracked_pixel_fraction": float(point_map.tracked[valid].mean()),
+        "visible_fraction": float(point_map.visible[:, valid].mean()),
+        "objects_removed": len(removed),
+    }
+    gate = {"thresholds": thresholds_json(), "signals": {str(k): v for k, v in signals.items()}, "removed": removed}
+    meta = {"densification": settings.densification, "gate": gate, "backends": {"point_maps": f"{settings.densification}-kdtree-gate@{__version__}"}}
+    arrays = {"uvd": uvd.astype(np.float16), "valid": valid, "tracked": point_map.tracked & valid, "visible": point_map.visible}
+    return arrays, _with_stats(meta, "point_maps", stats)
 
 
 def _backend_failure(stage: str, key: str, exc: Exception) -> SampleRejected:
@@ -328,7 +323,7 @@ def _manifest_rows(uri: str, version: str) -> tuple[InputRow, ...]:
 
 
 def input_rows(settings: PipelineSettings) -> list[InputRow]:
-    """The rows of the configured manifest, or of the embedded synthetic scenes.
+    """The rows of the configured manifest, or of the synthetic scenes (`settings.scenes` or the embedded ones).
 
     A manifest is parsed once per process and version (every stage and sensor tick asks again;
     a 70K-row manifest takes seconds to parse).
@@ -337,7 +332,7 @@ def input_rows(settings: PipelineSettings) -> list[InputRow]:
         return list(_manifest_rows(settings.manifest, manifest_version(settings.manifest)))
     from pointvid_pipeline.synthetic.scenes import load_default_scenes, scene_caption
 
-    return synthetic_rows([(spec.name, scene_caption(spec)) for spec in load_default_scenes()])
+    return synthetic_rows([(spec.name, scene_caption(spec)) for spec in load_default_scenes(settings.scenes)])
 
 
 def partition_rows(settings: PipelineSettings) -> dict[str, list[InputRow]]:
@@ -349,7 +344,7 @@ def _first_samples(store: StageStore, partition: str, settings: PipelineSettings
     """Samples for the `clips` stage from the partition's input rows; repeated keys are ledgered."""
     rows = partition_rows(settings).get(partition)
     if rows is None:
-        raise KeyError(f"partition {partition!r} does not exist for the configured input ({settings.manifest or 'default synthetic scenes'})")
+        raise KeyError(f"partition {partition!r} does not exist for the configured input ({settings.manifest or settings.scenes or 'default synthetic scenes'})")
     samples, rejected, seen = [], [], set()
     for row in rows:
         if row.key in seen:

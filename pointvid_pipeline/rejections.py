@@ -15,6 +15,7 @@ class RejectionReason(str, Enum):
     empty_mask = "empty_mask"  # segmentation finds no foreground on the reference frame
     no_depth_backend = "no_depth_backend"  # real video with no depth estimator configured
     no_visible_track = "no_visible_track"  # no foreground track stays visible
+    track_failure = "track_failure"  # the quality gate judged every object's tracks lost (stages/quality_gate.py)
     invalid_manifest_row = "invalid_manifest_row"  # a row the manifest reader cannot interpret
     duplicate_row = "duplicate_row"  # the same (video, start, end) appears again in the manifest
     backend_error = "backend_error"  # a model backend raised on this sample (timeout, OOM, endpoint down)

@@ -8,6 +8,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 PROFILES = ("cpu", "paper")
+DENSIFICATION_METHODS = ("displacement", "paper")  # see stages/point_maps.py
+SMOOTHING_PRESETS = ("rigid-tracks", "paper")  # see stages/smoothing.py
+PROFILE_SMOOTHING = {"cpu": "rigid-tracks", "paper": "paper"}
 
 
 @dataclass(frozen=True)
@@ -15,7 +18,9 @@ class PipelineSettings:
     """Everything a run needs besides the backends.
 
     data_dir: the one directory all outputs go to (stage files, shards, dataset card, Dagster home).
-    manifest: CSV / JSONL / Parquet / Panda-70M table of (video, caption); None = default synthetic scenes.
+    manifest: CSV / JSONL / Parquet / Panda-70M table of (video, caption); None = synthetic scenes.
+    scenes: JSON list of synthetic scene specs (assets/scenes/default_scenes.json's format) curated when
+        there is no manifest; None = the embedded default scenes.
     shard_size: clips per partition (8 for the default scenes, 64 for real manifests unless set).
     output_uri: fsspec URL that finished shards and dataset files are also published to; None = local only.
 
@@ -25,16 +30,23 @@ class PipelineSettings:
 
     data_dir: Path = Path("pointvid_data")
     manifest: str | None = None
+    scenes: str | None = None
     shard_size: int | None = None
     profile: str = "cpu"
     frame_stride: int = 1
     grid_size: int = 80
     background_fraction: float = 0.1
     kalman_rts: bool = True
+    smoothing: str = ""  # stages/smoothing.SMOOTHING_PRESETS; "" = the profile's (cpu: rigid-tracks, paper: paper)
+    densification: str = "displacement"  # stages/point_maps.DENSIFICATION_METHODS; "paper" is Algorithm 1 as printed
     batch_size: int = 8  # clips per model call where a stage batches across clips
     output_uri: str | None = None
 
     def __post_init__(self):
+        if self.smoothing and self.smoothing not in SMOOTHING_PRESETS:
+            raise ValueError(f"POINTVID_SMOOTHING must be one of {SMOOTHING_PRESETS}, got {self.smoothing!r}")
+        if self.densification not in DENSIFICATION_METHODS:
+            raise ValueError(f"POINTVID_DENSIFICATION must be one of {DENSIFICATION_METHODS}, got {self.densification!r}")
         if self.profile not in PROFILES:
             raise ValueError(f"POINTVID_PROFILE must be one of {PROFILES}, got {self.profile!r}")
         for variable, uri in (("POINTVID_MANIFEST", self.manifest), ("POINTVID_OUTPUT_URI", self.output_uri)):
@@ -46,6 +58,10 @@ class PipelineSettings:
         if self.shard_size:
             return self.shard_size
         return 8 if self.manifest is None else 64
+
+    @property
+    def effective_smoothing(self) -> str:
+        return self.smoothing or PROFILE_SMOOTHING[self.profile]
 
     @property
     def stages_dir(self) -> Path:
@@ -66,12 +82,15 @@ class PipelineSettings:
         return cls(
             data_dir=Path(env.get("POINTVID_DATA_DIR", "pointvid_data")).resolve(),
             manifest=env.get("POINTVID_MANIFEST") or None,
+            scenes=env.get("POINTVID_SCENES") or None,
             shard_size=int(shard_size) if shard_size else None,
             profile=env.get("POINTVID_PROFILE", "cpu"),
             frame_stride=int(env.get("POINTVID_FRAME_STRIDE", "1")),
             grid_size=int(env.get("POINTVID_GRID_SIZE", "80")),
             background_fraction=float(env.get("POINTVID_BACKGROUND_FRACTION", "0.1")),
             kalman_rts=env.get("POINTVID_KALMAN_RTS", "1") not in ("0", "false", "no"),
+            smoothing=env.get("POINTVID_SMOOTHING", ""),
+            densification=env.get("POINTVID_DENSIFICATION", "displacement"),
             batch_size=int(env.get("POINTVID_BATCH_SIZE", "8")),
             output_uri=env.get("POINTVID_OUTPUT_URI") or None,
         )

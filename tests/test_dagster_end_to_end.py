@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from dagster import AssetKey, DagsterInstance, SkipReason, build_sensor_context
 
@@ -15,13 +17,7 @@ from pointvid_pipeline.dagster_defs.definitions import build_definitions
 from pointvid_pipeline.dagster_defs.sensors import clip_shard_partitions
 from pointvid_pipeline.pipeline import STAGES, partition_rows, run_stage
 from pointvid_pipeline.settings import PipelineSettings
-from pointvid_pipeline.storage.shard_format import (
-    CHECKS,
-    MEMBER_SUFFIXES,
-    file_md5,
-    load_points,
-    read_samples,
-)
+from pointvid_pipeline.storage.shard_format import CHECKS, MEMBER_SUFFIXES, file_md5, load_points, read_samples
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,7 +59,7 @@ def test_shard_holds_complete_samples_with_provenance(run):
     for members in samples.values():
         assert set(members) == set(MEMBER_SUFFIXES)
         meta = json.loads(members["json"])
-        assert meta["schema_version"] == "1.0" and meta["synthetic"] and meta["caption"].startswith("<synthetic>")
+        assert meta["schema_version"] == "1.1" and meta["synthetic"] and meta["caption"].startswith("<synthetic>")
         assert set(meta["backends"]) == set(STAGES) - {"pointvid_shards"}
         points = load_points(members["points.npz"])
         assert points["uvd"].shape == (16, 256, 448, 3) and points["uvd"].dtype.name == "float16"
@@ -77,9 +73,12 @@ def test_dataset_card_reports_ground_truth_errors(run):
     rows = len(partition_rows(settings)[partition])
     assert summary["accepted"] == rows and summary["input_rows"] == rows
     quality = summary["quality_vs_ground_truth"]
-    assert 0 < quality["raw"]["median_px_error"] < 10 and 0 <= quality["smoothed"]["within_4px"] <= 1
+    assert 0 < quality["tracks"]["raw_median_px_error"] < 10 and 0 <= quality["tracks"]["smoothed_within_1px"] <= 1
+    pooled = quality["point_map"]["pooled"]["all/1-15"]
+    assert 0 < pooled["median_px_error"] < 10 and 0 < pooled["tapvid3d_average_jaccard"] <= 1
+    assert quality["oracles"] == ["depth: renderer-depth@1", "reference_masks: renderer-masks@1"]
     card = (settings.dataset_dir / "README.md").read_text()
-    assert "median 2D error (px)" in card and "within 4 px" in card
+    assert "median 2D error (px)" in card and "3D-AJ" in card and "Oracle stages" in card
 
 
 def test_sensor_registers_only_new_shards(tmp_path):
@@ -119,3 +118,28 @@ def test_rematerializing_the_partition_in_place_is_idempotent(run):
     result = build_definitions(settings).resolve_job_def("curate_shard").execute_in_process(partition_key=partition, instance=instance)
     assert result.success
     assert {path: file_md5(path) for path in outputs} == before
+
+
+def test_shards_are_schema_1_1_with_visibility_cameras_and_depth_convention(run):
+    settings, partition, _, _, _ = run
+    samples = read_samples(settings.shards_dir / f"{partition}.tar")
+    for key, members in samples.items():
+        meta = json.loads(members["json"])
+        assert meta["schema_version"] == "1.1" and meta["frame_size"] == {"width": 448, "height": 256, "frames": 16}
+        assert meta["depth"]["units"] == "metres" and "z" in meta["depth"]["quantity"]
+        assert np.asarray(meta["extrinsics"]).shape == (16, 4, 4)  # synthetic: the renderer's world-to-camera poses
+        points = load_points(members["points.npz"])
+        assert points["visible"].shape == (16, 256, 448) and not points["visible"][:, ~points["valid"]].any()
+        assert points["visible"][0, points["valid"]].all() and not points["visible"][1:, points["valid"]].all()
+
+
+def test_pointvid_evaluate_prints_tables_per_object_scene_and_motion(run):
+    settings, partition, _, _, _ = run
+    out = subprocess.run([sys.executable, "-m", "pointvid_pipeline.cli", "evaluate", str(settings.dataset_dir), "--out", str(settings.data_dir / "eval")], capture_output=True, text=True, check=True)
+    assert "### Per camera motion" in out.stdout and "### Per scene and object" in out.stdout
+    keys = list(partition_rows(settings)[partition])
+    rows = pq.read_table(settings.data_dir / "eval" / "evaluation.parquet").to_pylist()
+    assert {r["key"] for r in rows} == {row.key for row in keys}
+    assert {(r["subset"], r["frames"]) for r in rows} == {(s, f) for s in ("all", "tracked", "interpolated") for f in ("1-15", "query")}
+    query = [r for r in rows if r["frames"] == "query" and r["shipped_pixels"]]
+    assert all(r["median_px_error"] < 0.01 for r in query)  # frame 0 is the pixel itself (float16 rounding aside)

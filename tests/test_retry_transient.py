@@ -32,10 +32,10 @@ class TrackerThatFailsOnce:
     def setup(self):
         self.tracker.setup()
 
-    def track(self, frames, depth, queries):
+    def track(self, frames, depth, queries, **inputs):
         if np.array_equal(frames[0], self.timeout_frame):
             raise TimeoutError("tracker server did not answer within 600 s")
-        tracks, visibility = self.tracker.track(frames, depth, queries)
+        tracks, visibility = self.tracker.track(frames, depth, queries, **inputs)
         if np.array_equal(frames[0], self.lost_frame):
             visibility = np.zeros_like(visibility)
             visibility[0] = True
@@ -51,9 +51,9 @@ class CountingTracker:
     def setup(self):
         self.tracker.setup()
 
-    def track(self, frames, depth, queries):
+    def track(self, frames, depth, queries, **inputs):
         self.calls += 1
-        return self.tracker.track(frames, depth, queries)
+        return self.tracker.track(frames, depth, queries, **inputs)
 
 
 def with_tracker(backends: StageBackends, tracker) -> StageBackends:

@@ -7,7 +7,8 @@ import pytest
 
 from pointvid_pipeline.clip import default_intrinsics, project, unproject
 from pointvid_pipeline.evaluation.paper_reference import kalman_smooth_filterpy
-from pointvid_pipeline.stages.smoothing import KalmanConfig, kalman_filter_xyz, smooth_tracks
+from pointvid_pipeline.settings import SMOOTHING_PRESETS, PipelineSettings
+from pointvid_pipeline.stages.smoothing import SMOOTHING_CONFIGS, KalmanConfig, kalman_filter_xyz, smooth_tracks
 
 FRAMES = 16
 INTRINSICS = default_intrinsics()
@@ -158,3 +159,25 @@ def test_rejects_bad_input():
     uvd[0, 1] = np.nan
     with pytest.raises(ValueError):
         smooth_tracks(uvd, np.ones((FRAMES, 4), dtype=bool), INTRINSICS)
+
+
+def test_weak_occluded_measurements_are_followed_where_predict_only_drifts():
+    """With a finite occluded scale an occluded frame still counts (the rigid tracker's positions there
+    come from its object's pose); the paper's filter only predicts through it."""
+    rng = np.random.default_rng(8)
+    xyz = moving_points(rng, 50, acceleration=0.004)  # a fall: constant velocity is the wrong guess
+    visible = np.ones((FRAMES, 50), dtype=bool)
+    visible[6:] = False
+    weak = KalmanConfig(process_noise=3e-3, measurement_noise=1e-7, occluded_measurement_scale=1e3)
+
+    followed = kalman_filter_xyz(xyz, visible, weak)
+    predicted = kalman_filter_xyz(xyz, visible, KalmanConfig(process_noise=3e-3, measurement_noise=1e-7))
+
+    assert np.abs(followed - xyz).max() < 1e-3 < np.abs(predicted - xyz).max()
+
+
+def test_named_smoothing_settings_match_their_configs():
+    assert set(SMOOTHING_PRESETS) == set(SMOOTHING_CONFIGS)
+    assert SMOOTHING_CONFIGS["paper"] == KalmanConfig()  # the paper-literal filter, benchmarked against filterpy
+    with pytest.raises(ValueError, match="POINTVID_SMOOTHING"):
+        PipelineSettings(smoothing="median")

@@ -207,3 +207,22 @@ def test_gather_points_picks_the_same_pixels_from_prediction_and_target():
             assert points[b, :, n].tolist() == point_map[b, :, :, row, col].tolist()
     points.sum().backward()
     assert point_map.grad[1, :, :, 0, 3].eq(2).all()  # pixel 3 of sample 1 was picked twice
+
+
+def test_occluded_target_frames_do_not_enter_fidelity_or_rigidity():
+    generator = torch.Generator().manual_seed(3)
+    target = torch.randn(2, 5, 12, 3, generator=generator)
+    pred = target + 0.01 * torch.randn(2, 5, 12, 3, generator=generator)
+    visible = torch.ones(2, 5, 12, dtype=torch.bool)
+    visible[0, 3, :4] = False
+    corrupted = target.clone()
+    corrupted[0, 3, :4] += 100.0  # what a lost track would put in the point map while occluded
+    weights = (1.0, 0.0, 0.0)
+    assert reconstruction_loss(pred, corrupted, weights, visible=visible).item() == pytest.approx(reconstruction_loss(pred, target, weights, visible=visible).item(), rel=1e-6)
+    assert reconstruction_loss(pred, corrupted, weights).item() > 10 * reconstruction_loss(pred, target, weights).item()
+
+    neighbours = knn_pairs(target[:, 0], 3)
+    stretched = pred.clone()
+    stretched[0, 3, :4] *= 3.0  # only occluded point-frames move apart
+    assert rigidity_loss(stretched, neighbours, visible=visible).item() == pytest.approx(rigidity_loss(pred, neighbours, visible=visible).item(), abs=1e-3)
+    assert rigidity_loss(stretched, neighbours).item() > rigidity_loss(pred, neighbours).item() + 1e-2

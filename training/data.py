@@ -14,7 +14,8 @@ and resized to height x width, then normalised. Training and sampling must use t
   reference frame, so Eq. 1's velocity and acceleration terms see a constant time step.
 - intrinsics: the stored 3x3 K of the 448x256 frame, unchanged.
 
-Batches are dicts: "video" (B,T,3,H,W) and "points" (B,T,3,H,W) float32, "foreground" (B,1,H,W)
+Batches are dicts: "video" (B,T,3,H,W) and "points" (B,T,3,H,W) float32, "visible" (B,T,1,H,W) float32
+(1 where the point map's pixel is visible in that frame; schema 1.0 shards: all valid pixels), "foreground" (B,1,H,W)
 float32 in {0, 1}, "intrinsics" (B,3,3) float32, "caption" list[str] (the "<synthetic>" tag is kept:
 the model is conditioned on it), "synthetic" (B,) bool (caption starts with the tag), "key" list[str].
 
@@ -53,6 +54,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from pointvid_pipeline.clip import FRAME_COUNT, FRAME_HEIGHT, FRAME_WIDTH, SYNTHETIC_CAPTION_TAG
+from pointvid_pipeline.storage.shard_format import load_points
 
 MEMBERS = {"mp4", "points.npz", "json"}  # the mask png is not needed for training
 
@@ -152,17 +154,20 @@ def decode_sample(raw: dict, frames: int, height: int, width: int, depth_max: fl
     meta = json.loads(raw["json"])
     indices = frame_indices(frames)
     video = torch.from_numpy(decode_video(raw["mp4"], indices)).permute(0, 3, 1, 2).float()
-    with np.load(io.BytesIO(raw["points.npz"])) as npz:
-        uvd = torch.from_numpy(npz["uvd"][indices]).permute(0, 3, 1, 2)  # float16 until resized
-        foreground = torch.from_numpy(npz["valid"])[None].float()
+    points = load_points(raw["points.npz"])  # schema 1.0 shards: every valid pixel visible
+    uvd = torch.from_numpy(points["uvd"][indices]).permute(0, 3, 1, 2)  # float16 until resized
+    foreground = torch.from_numpy(points["valid"])[None].float()
+    visible = torch.from_numpy(points["visible"][indices])[:, None].float()  # (T, 1, H, W)
     if video.shape[-2:] != (height, width):
         video = F.interpolate(video, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
         uvd = F.interpolate(uvd, size=(height, width), mode="nearest-exact")
         foreground = F.interpolate(foreground[None], size=(height, width), mode="nearest-exact")[0]
+        visible = F.interpolate(visible, size=(height, width), mode="nearest-exact")
     return {
         "video": (video / 127.5 - 1).clamp(-1, 1),
         "points": normalise_points(uvd.float(), foreground, depth_max),
         "foreground": foreground,
+        "visible": visible,
         "intrinsics": torch.tensor(meta["intrinsics"], dtype=torch.float32),
         "caption": meta["caption"],
         "synthetic": torch.tensor(meta["caption"].startswith(SYNTHETIC_CAPTION_TAG)),

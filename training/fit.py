@@ -93,8 +93,9 @@ def regularize_loss(model: VideoPointModel, batch: dict, config: TrainConfig, ge
     predicted = normalised_uvd_to_xyz(gather_points(predicted_points, indices), batch["intrinsics"], config.depth_max)
     truth = normalised_uvd_to_xyz(gather_points(batch["points"], indices), batch["intrinsics"], config.depth_max)
     pairs = knn_pairs(truth[:, 0], config.knn_k, mask)
-    l_recon = reconstruction_loss(predicted, truth, config.recon_weights, mask)
-    l_rigid = rigidity_loss(predicted, pairs, mask)
+    visible = gather_points(batch["visible"], indices)[..., 0] > 0  # (B, T, N)
+    l_recon = reconstruction_loss(predicted, truth, config.recon_weights, mask, visible)
+    l_rigid = rigidity_loss(predicted, pairs, mask, visible)
     return total_loss(l_ddim, l_recon, l_rigid, (config.lambda_ddim, config.lambda_recon, config.lambda_rigid))
 
 

@@ -40,12 +40,16 @@ def normalised_uvd_to_xyz(
 
 
 def _rms_norm_per_step(diff: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """(B, T', N, 3) -> (B,): Σ_τ ||diff^τ||_F / sqrt(valid points), so the scale does not grow with N."""
+    """(B, T', N, 3) -> (B,): Σ_τ ||diff^τ||_F / sqrt(valid points of τ), so the scale does not grow with N.
+
+    `mask` is (B, N) (the same points at every step) or (B, T', N) (per step)."""
     if mask is None:
         mask = torch.ones(diff.shape[0], diff.shape[2], dtype=torch.bool, device=diff.device)
-    diff = diff * mask[:, None, :, None]
-    valid_count = mask.sum(dim=1).clamp(min=1).to(diff.dtype)  # (B,)
-    return torch.linalg.vector_norm(diff, dim=(2, 3)).sum(dim=1) / valid_count.sqrt()
+    if mask.dim() == 2:
+        mask = mask[:, None, :].expand(-1, diff.shape[1], -1)
+    diff = diff * mask[..., None]
+    valid_count = mask.sum(dim=2).clamp(min=1).to(diff.dtype)  # (B, T')
+    return (torch.linalg.vector_norm(diff, dim=(2, 3)) / valid_count.sqrt()).sum(dim=1)
 
 
 def reconstruction_loss(
@@ -53,19 +57,31 @@ def reconstruction_loss(
     target: torch.Tensor,
     weights: Sequence[float] = (1.0, 1.0, 1.0),
     mask: torch.Tensor | None = None,
+    visible: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Eq. 1: fidelity + velocity + acceleration penalties on (B, T, N, 3) point clouds.
 
     ||·|| at one time step is the Frobenius norm of the N×3 difference over the valid points of
     the (B, N) bool `mask`, divided by sqrt(number of valid points) (a root-mean-square point
     error), summed over time steps as the paper writes, then averaged over the batch. A sample
-    without valid points contributes 0. Only the prediction enters the smoothness terms.
+    without valid points contributes 0. `visible` (B, T, N) bool (schema 1.1 shards) drops the
+    target's occluded point-frames from the fidelity term: their values are the tracker's guesses.
+    Only the prediction enters the smoothness terms.
     """
     c0, c1, c2 = weights
-    fidelity = _rms_norm_per_step(pred - target, mask)
+    fidelity = _rms_norm_per_step(pred - target, _per_frame(mask, visible, pred))
     velocity = _rms_norm_per_step(pred[:, 1:] - pred[:, :-1], mask)
     acceleration = _rms_norm_per_step(pred[:, 2:] - 2 * pred[:, 1:-1] + pred[:, :-2], mask)
     return (c0 * fidelity + c1 * velocity + c2 * acceleration).mean()
+
+
+def _per_frame(mask: torch.Tensor | None, visible: torch.Tensor | None, points: torch.Tensor) -> torch.Tensor | None:
+    """(B, N) mask and (B, T, N) visibility -> (B, T, N), or the mask as it is without visibility."""
+    if visible is None:
+        return mask
+    if mask is None:
+        mask = torch.ones(points.shape[0], points.shape[2], dtype=torch.bool, device=points.device)
+    return mask[:, None, :] & visible.bool()
 
 
 def knn_pairs(reference_points: torch.Tensor, k: int, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -92,12 +108,14 @@ def knn_pairs(reference_points: torch.Tensor, k: int, mask: torch.Tensor | None 
         return torch.where(found > 0, neighbours, self_index)
 
 
-def rigidity_loss(pred: torch.Tensor, neighbours: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def rigidity_loss(pred: torch.Tensor, neighbours: torch.Tensor, mask: torch.Tensor | None = None, visible: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 2: squared change, from frame 0, of the distance between each point and its neighbours.
 
     `pred` is (B, T, N, 3), `neighbours` the (B, N, k) indices from `knn_pairs`. Summed over
     τ ≥ 1 as the paper writes, but divided by the number of valid (i, j) pairs (both ends valid
     in the (B, N) `mask`) so the scale does not depend on N or k; then averaged over the batch.
+    With `visible` (B, T, N), a pair counts at frame τ only where both ends are visible in the data
+    then (occluded point-frames carry no evidence that the pair kept its distance).
     Exactly 0 for any rigid motion of the whole cloud.
     """
     batch, frames, count, _ = pred.shape
@@ -110,7 +128,11 @@ def rigidity_loss(pred: torch.Tensor, neighbours: torch.Tensor, mask: torch.Tens
         mask = torch.ones(batch, count, dtype=torch.bool, device=pred.device)
     pair_valid = mask[:, :, None] & mask.gather(1, neighbours.reshape(batch, -1)).reshape(batch, count, k)
     pair_count = pair_valid.sum(dim=(1, 2)).clamp(min=1).to(pred.dtype)
-    per_sample = (squared_change * pair_valid[:, None]).sum(dim=(1, 2, 3)) / pair_count
+    pair_valid = pair_valid[:, None]  # (B, 1, N, k): every frame τ >= 1
+    if visible is not None:
+        seen = visible[:, 1:].bool()  # (B, T-1, N)
+        pair_valid = pair_valid & seen[..., None] & seen.gather(2, neighbours.reshape(batch, 1, -1).expand(-1, frames - 1, -1)).reshape(batch, frames - 1, count, k)
+    per_sample = (squared_change * pair_valid).sum(dim=(1, 2, 3)) / pair_count
     return per_sample.mean()
 
 

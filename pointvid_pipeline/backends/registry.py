@@ -45,13 +45,14 @@ BACKENDS: dict[str, dict[str, str]] = {
         "zoedepth": "pointvid_pipeline.backends.zoedepth:ZoeDepthEstimator",
     },
     "point_tracker": {
+        "rigid-objects": "pointvid_pipeline.stages.object_tracking:RigidObjectTracker",
         "optical-flow": "pointvid_pipeline.stages.tracking:OpticalFlowTracker",
         "spatracker": "pointvid_pipeline.backends.trackers:SpaTrackerTracker",
         "cotracker3": "pointvid_pipeline.backends.trackers:CoTracker3Tracker",
     },
 }
 PROFILE_BACKENDS: dict[str, dict[str, str]] = {
-    "cpu": {"object_extractor": "lexical", "segmenter": "motion-grabcut", "depth_estimator": "renderer", "point_tracker": "optical-flow"},
+    "cpu": {"object_extractor": "lexical", "segmenter": "motion-grabcut", "depth_estimator": "renderer", "point_tracker": "rigid-objects"},
     "paper": {"object_extractor": "llm-transformers", "segmenter": "grounded-sam2", "depth_estimator": "zoedepth", "point_tracker": "spatracker"},
 }
 

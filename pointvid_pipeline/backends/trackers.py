@@ -206,7 +206,7 @@ class SpaTrackerTracker:
         self.predictor = predictor.to(self.device).eval()
         self.version = f"henry123-boy/SpaTracker@{checkout_commit(checkout)}/{checkpoint.name}"
 
-    def track(self, frames: np.ndarray, depth: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def track(self, frames: np.ndarray, depth: np.ndarray, queries: np.ndarray, labels: np.ndarray | None = None, intrinsics: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
         if len(queries) == 0:
@@ -285,7 +285,7 @@ class CoTracker3Tracker:
         self.predictor = predictor.to(self.device).eval()
         self.version = f"facebookresearch/co-tracker@{checkout_commit(checkout)}/{checkpoint.name}"
 
-    def track(self, frames: np.ndarray, depth: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def track(self, frames: np.ndarray, depth: np.ndarray, queries: np.ndarray, labels: np.ndarray | None = None, intrinsics: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
         if len(queries) == 0:

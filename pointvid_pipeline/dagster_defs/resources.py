@@ -34,12 +34,15 @@ class PipelineSettingsResource(ConfigurableResource):
 
     data_dir: str
     manifest: str = ""
+    scenes: str = ""
     shard_size: int = 0
     profile: str = "cpu"
     frame_stride: int = 1
     grid_size: int = 80
     background_fraction: float = 0.1
     kalman_rts: bool = True
+    smoothing: str = ""
+    densification: str = "displacement"
     batch_size: int = 8
     output_uri: str = ""
     storage_options_json: str = Field(default="", repr=False, description=f"JSON object of fsspec options for output_uri: only ever EnvVar({STORAGE_OPTIONS_ENV!r})")
@@ -47,18 +50,18 @@ class PipelineSettingsResource(ConfigurableResource):
     @classmethod
     def from_settings(cls, settings: PipelineSettings) -> "PipelineSettingsResource":
         return cls(
-            data_dir=str(settings.data_dir), manifest=settings.manifest or "", shard_size=settings.shard_size or 0,
+            data_dir=str(settings.data_dir), manifest=settings.manifest or "", scenes=settings.scenes or "", shard_size=settings.shard_size or 0,
             profile=settings.profile, frame_stride=settings.frame_stride, grid_size=settings.grid_size,
-            background_fraction=settings.background_fraction, kalman_rts=settings.kalman_rts, batch_size=settings.batch_size,
-            output_uri=settings.output_uri or "", storage_options_json=optional_env_var(STORAGE_OPTIONS_ENV),
+            background_fraction=settings.background_fraction, kalman_rts=settings.kalman_rts, smoothing=settings.smoothing, densification=settings.densification,
+            batch_size=settings.batch_size, output_uri=settings.output_uri or "", storage_options_json=optional_env_var(STORAGE_OPTIONS_ENV),
         )
 
     def settings(self) -> PipelineSettings:
         return PipelineSettings(
-            data_dir=Path(self.data_dir), manifest=self.manifest or None, shard_size=self.shard_size or None,
+            data_dir=Path(self.data_dir), manifest=self.manifest or None, scenes=self.scenes or None, shard_size=self.shard_size or None,
             profile=self.profile, frame_stride=self.frame_stride, grid_size=self.grid_size,
-            background_fraction=self.background_fraction, kalman_rts=self.kalman_rts, batch_size=self.batch_size,
-            output_uri=self.output_uri or None,
+            background_fraction=self.background_fraction, kalman_rts=self.kalman_rts, smoothing=self.smoothing, densification=self.densification,
+            batch_size=self.batch_size, output_uri=self.output_uri or None,
         )
 
     def storage_options(self) -> dict:

@@ -1,8 +1,16 @@
-"""Error figures of tracks against a renderer's ground truth (synthetic clips only)."""
+"""Error figures of the sparse query tracks against a renderer's ground truth (synthetic clips only).
+
+The point map is judged in `point_map_accuracy` (what ships); this judges the tracker and the smoother
+on the foreground query tracks they produce, from the stage files beside the shards.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+from pointvid_pipeline.storage.stage_store import StageStore
 
 PIXEL_THRESHOLDS = (1, 2, 4)
 
@@ -28,3 +36,27 @@ def mean_abs_acceleration(uvd: np.ndarray) -> float:
     """Mean |second temporal difference| of (u, v) in px/frame^2: the jitter the Kalman filter removes."""
     accel = uvd[2:, :, :2].astype(np.float64) - 2 * uvd[1:-1, :, :2] + uvd[:-2, :, :2]
     return float(np.mean(np.linalg.norm(accel, axis=-1))) if accel.size else 0.0
+
+
+def stage_track_rows(data_dir: Path, partitions: list[str]) -> list[dict]:
+    """Per synthetic sample: foreground query tracks raw (tracks_3d) and smoothed, against ground truth,
+    and the mean |acceleration| of each beside the ground truth's own."""
+    store = StageStore(data_dir / "stages")
+    rows = []
+    for partition in partitions:
+        index = store.read_index_if_present("smoothed_tracks", partition)
+        for key, meta in (index.accepted.items() if index else ()):
+            if not meta["synthetic"]:
+                continue
+            clip = store.read_arrays("clips", partition, key)
+            u, v = store.read_arrays("query_points", partition, key)["queries"].T
+            foreground = store.read_arrays("reference_masks", partition, key)["labels"][v, u] > 0
+            truth_uvd = clip["truth_track_uvd"][:, v[foreground], u[foreground]]
+            truth_visible = clip["truth_track_visible"][:, v[foreground], u[foreground]]
+            row = {"key": key, "truth_acceleration_px": mean_abs_acceleration(truth_uvd)}
+            for variant, stage in (("raw", "tracks_3d"), ("smoothed", "smoothed_tracks")):
+                tracks = store.read_arrays(stage, partition, key)["tracks"][:, foreground]
+                row.update({f"{variant}_{name}": value for name, value in track_error_stats(tracks, truth_uvd, truth_visible).items()})
+                row[f"{variant}_acceleration_px"] = mean_abs_acceleration(tracks)
+            rows.append(row)
+    return rows

@@ -7,24 +7,11 @@ from dataclasses import dataclass
 
 from pointvid_pipeline.settings import PipelineSettings
 from pointvid_pipeline.storage.publish import join_uri, publish_file
-from pointvid_pipeline.storage.shard_format import (
-    CHECKS,
-    SCHEMA_VERSION,
-    encode_mp4,
-    file_md5,
-    npz_bytes,
-    png_bytes,
-    sample_members,
-    verify_shard,
-    write_tar,
-)
-from pointvid_pipeline.storage.stage_store import (
-    StageStore,
-    atomic_path,
-    atomic_write_json,
-)
+from pointvid_pipeline.storage.shard_format import CHECKS, SCHEMA_VERSION, encode_mp4, file_md5, npz_bytes, pack_points, png_bytes, sample_members, verify_shard, write_tar
+from pointvid_pipeline.storage.stage_store import StageStore, atomic_path, atomic_write_json
 
-SAMPLE_JSON_FIELDS = ("caption", "objects", "synthetic", "intrinsics", "source", "backends", "stats", "kalman", "query_sampling", "row")
+SAMPLE_JSON_FIELDS = ("caption", "objects", "synthetic", "intrinsics", "source", "backends", "stats", "kalman", "query_sampling", "densification", "gate", "row")
+DEPTH_CONVENTION = {"quantity": "camera-space z (along the optical axis)", "units": "metres", "camera": "OpenCV pinhole: x right, y down, z forward"}
 
 
 def shard_paths(settings: PipelineSettings, partition: str):
@@ -49,10 +36,18 @@ def write_partition_shard(partition: str, settings: PipelineSettings, storage_op
     started = time.perf_counter()
     members, samples = [], []
     for key, meta in upstream.accepted.items():
-        frames = store.read_arrays("clips", partition, key)["frames"]
-        points = store.read_arrays("point_maps", partition, key)
+        clip = store.read_arrays("clips", partition, key)
+        points = pack_points(store.read_arrays("point_maps", partition, key))
         labels = store.read_arrays("reference_masks", partition, key)["labels"]
-        sample_meta = {"schema_version": SCHEMA_VERSION, "key": key, **{f: meta[f] for f in SAMPLE_JSON_FIELDS if f in meta}}
+        frames = clip["frames"]
+        sample_meta = {
+            "schema_version": SCHEMA_VERSION,
+            "key": key,
+            **{f: meta[f] for f in SAMPLE_JSON_FIELDS if f in meta},
+            "frame_size": {"width": frames.shape[2], "height": frames.shape[1], "frames": frames.shape[0]},
+            "depth": DEPTH_CONVENTION,
+            "extrinsics": clip["truth_extrinsics"].tolist() if "truth_extrinsics" in clip else None,
+        }
         sample = sample_members(key, encode_mp4(frames, meta["source"].get("fps") or 16), npz_bytes(points), png_bytes(labels), sample_meta)
         members += sample
         samples.append({"key": key, "bytes": sum(len(data) for _, data in sample), "synthetic": meta["synthetic"]})

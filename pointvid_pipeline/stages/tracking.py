@@ -1,8 +1,9 @@
 """Stage "tracks_3d": follow query pixels of frame 0 through the clip and read their depth.
 
-`OpticalFlowTracker` is the CPU backend: it chains dense DIS optical flow frame to frame and
-uses the forward-backward check as its occlusion test. A learned tracker (e.g. a CoTracker-style
-model) plugs in through the same `PointTracker` protocol.
+`OpticalFlowTracker` chains dense DIS optical flow frame to frame per point and uses the
+forward-backward check as its occlusion test; `object_tracking.RigidObjectTracker` (the `cpu`
+profile's default) moves each object of the reference mask as one rigid body. The learned trackers
+(backends/trackers.py) plug in through the same `PointTracker` protocol.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ class PointTracker(Protocol):
     def setup(self) -> None:
         """Load models once per process (a no-op for CPU backends)."""
 
-    def track(self, frames: np.ndarray, depth: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def track(self, frames: np.ndarray, depth: np.ndarray, queries: np.ndarray, labels: np.ndarray, intrinsics: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Follow `queries` through `frames` and read each position's depth.
 
         frames (T, H, W, 3) uint8, depth (T, H, W) float32 metres, queries (N, 2) float32 (u, v) pixel
-        positions on frame 0. Returns tracks (T, N, 3) float32 = (u, v, depth) and visibility (T, N)
-        bool; tracks[0, :, :2] == queries and visibility[0] is all True.
+        positions on frame 0, labels (H, W) int32 the frame-0 instance mask (0 = background),
+        intrinsics (3, 3) K. Returns tracks (T, N, 3) float32 = (u, v, depth) and visibility (T, N)
+        bool; tracks[0, :, :2] == queries and visibility[0] is all True. Trackers that follow pixels
+        one by one (optical flow, the learned trackers) ignore labels and intrinsics.
         """
 
 
@@ -99,7 +102,7 @@ class OpticalFlowTracker:
     def setup(self) -> None:
         dis_flow(self.preset), dis_flow(self.backward_preset)  # fail early on a bad preset name
 
-    def track(self, frames: np.ndarray, depth: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def track(self, frames: np.ndarray, depth: np.ndarray, queries: np.ndarray, labels: np.ndarray | None = None, intrinsics: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         count, height, width = frames.shape[:3]
         forward_flow, backward_flow = dis_flow(self.preset), dis_flow(self.backward_preset)
         gray = [cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) for frame in frames]

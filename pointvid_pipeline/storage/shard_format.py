@@ -2,14 +2,20 @@
 
 Sample schema (SCHEMA_VERSION; documented in docs/architecture.md). Members per sample key:
 - `<key>.mp4`        16 frames, 448x256, H.264 (libx264, yuv420p), the clip the points belong to;
-- `<key>.points.npz` `uvd` (16, 256, 448, 3) float16 Algorithm-1 point map: (u, v) in pixels of the
-                     448x256 frame, d = z-depth in metres, exactly 0 off the foreground;
-                     `valid` (256, 448) bool foreground mask; `tracked` (256, 448) bool pixels that
-                     carry their own track (the rest are interpolated from 3 neighbours);
-- `<key>.mask.png`   (256, 448) uint8 instance labels of the reference frame (0 = background);
-- `<key>.json`       caption, objects, intrinsics, backends and versions, source and clip times, stats.
-Bytes are deterministic: fixed member order, mtime 0, fixed zip timestamps, single-threaded x264 without mbtree.
-"""
+- `<key>.points.npz` `uvd` (16, 256, 448, 3) float16 point map: (u, v) in pixels of the 448x256 frame,
+                     d = camera-space z-depth in metres, exactly 0 off `valid`;
+                     `valid` (256, 448) bool pixels that carry a trajectory (labelled and not gated out);
+                     `tracked` (256, 448) bool pixels that carry their own track (the rest are
+                     interpolated from 3 neighbours);
+                     since 1.1 `visible_bits` (16, 256, 56) uint8: per-frame visibility, np.packbits
+                     along the width (`load_points` unpacks it into `visible` (16, 256, 448) bool);
+- `<key>.mask.png`   (256, 448) uint8 instance labels of the reference frame (0 = background): the
+                     object id of every pixel, indexing the JSON's `objects`;
+- `<key>.json`       caption, objects, intrinsics, frame size, depth convention, camera extrinsics
+                     (per frame world-to-camera, synthetic only, else null), backends and versions,
+                     source and clip times, stats.
+Readers accept 1.0 (no visibility: every valid pixel counts as visible in every frame).
+Bytes are deterministic: fixed member order, mtime 0, fixed zip timestamps, single-threaded x264 without mbtree."""
 
 from __future__ import annotations
 
@@ -23,7 +29,8 @@ import av
 import numpy as np
 from PIL import Image
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
+READABLE_SCHEMA_VERSIONS = ("1.0", "1.1")
 MEMBER_SUFFIXES = ("mp4", "points.npz", "mask.png", "json")
 MP4_CRF = 18
 
@@ -95,9 +102,24 @@ def read_samples(path) -> dict[str, dict[str, bytes]]:
     return samples
 
 
+def pack_points(point_map: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The point_maps stage's arrays as the shard stores them: visibility packed to bits (8x smaller)."""
+    packed = {name: array for name, array in point_map.items() if name != "visible"}
+    packed["visible_bits"] = np.packbits(point_map["visible"], axis=-1)
+    return packed
+
+
 def load_points(data: bytes) -> dict[str, np.ndarray]:
+    """uvd, valid, tracked and visible (T, H, W) bool of a `points.npz` of schema 1.0 or 1.1."""
     with np.load(io.BytesIO(data)) as npz:
-        return {name: npz[name] for name in npz.files}
+        points = {name: npz[name] for name in npz.files}
+    uvd, valid = points["uvd"], points["valid"]
+    bits = points.pop("visible_bits", None)
+    if bits is None:  # schema 1.0 shipped no visibility
+        points["visible"] = np.broadcast_to(valid, uvd.shape[:3]).copy()
+    else:
+        points["visible"] = np.unpackbits(bits, axis=-1, count=uvd.shape[2]).astype(bool)
+    return points
 
 
 CHECKS = {

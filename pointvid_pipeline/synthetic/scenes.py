@@ -357,6 +357,8 @@ def render_scene(
         "kind": "synthetic",
         "scene": spec.name,
         "seed": spec.seed,
+        "camera": spec.camera,
+        "motion": spec.motion,
         "renderer": "pybullet TinyRenderer",
         "pybullet_version": importlib.metadata.version("pybullet"),
         "fps": VIDEO_FPS,

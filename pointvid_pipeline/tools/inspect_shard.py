@@ -114,21 +114,24 @@ def _label(image: np.ndarray, text: str) -> np.ndarray:
 
 def tracked_frames(frames: np.ndarray, points: dict[str, np.ndarray]) -> tuple[list[np.ndarray], int]:
     """Every frame (dimmed, so the dots stand out) with tracked pixels of the point map projected
-    onto it and short trails; returns the images and how many tracks are drawn. At most
+    onto it and short trails, occluded ones hollow; returns the images and how many tracks are drawn. At most
     MAX_DRAWN_TRACKS, evenly spread: hundreds of dots with trails bury the objects."""
     tracks = points["uvd"][:, points["tracked"]].astype(np.float32)  # (T, N, 3)
-    tracks = tracks[:, :: max(1, -(-tracks.shape[1] // MAX_DRAWN_TRACKS))]
+    visible = points["visible"][:, points["tracked"]]  # schema 1.0 shards: every valid pixel counts as visible
+    step = max(1, -(-tracks.shape[1] // MAX_DRAWN_TRACKS))
+    tracks, visible = tracks[:, ::step], visible[:, ::step]
     drawn_count = tracks.shape[1]
     # draw_tracks spreads its colours over the depths it is given; two points far off the canvas
     # (never drawn) carrying the whole clip's depth range keep one colour per depth across frames.
     depths, off = tracks[..., 2], -1e4
     pins = np.array([[off, off, depths.min(initial=1.0)], [off, off, depths.max(initial=1.0)]], np.float32)
     tracks = np.concatenate([tracks, np.broadcast_to(pins, (len(tracks), 2, 3))], axis=1)
+    visible = np.concatenate([visible, np.ones((len(visible), 2), bool)], axis=1)
     drawn = []
     for t, frame in enumerate(frames):
         trail = tracks[max(0, t - TRAIL_FRAMES): t + 1, :, :2] if t else None
         dimmed = (frame.astype(np.float32) * DIM).astype(np.uint8)
-        drawn.append(draw_tracks(dimmed, tracks[t, :, :2], tracks[t, :, 2], None, trail))
+        drawn.append(draw_tracks(dimmed, tracks[t, :, :2], tracks[t, :, 2], visible[t], trail))  # occluded: hollow
     return drawn, drawn_count
 
 

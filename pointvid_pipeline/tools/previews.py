@@ -28,7 +28,7 @@ INSTANCE_COLOURS = np.array(
     [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)],
     dtype=np.uint8,
 )
-ERROR_BINS_PX = (1.0, 2.0, 4.0)  # the quality thresholds of quality.track_error_stats
+ERROR_BINS_PX = (1.0, 2.0, 4.0)  # the thresholds of evaluation.track_errors.track_error_stats
 ERROR_COLOURS = ((40, 200, 60), (170, 220, 40), (255, 170, 0), (240, 40, 40))
 
 
@@ -383,7 +383,7 @@ def shard_samples_markdown(partition: str, settings: PipelineSettings) -> str:
     lines = [
         f"Shard `{settings.shards_dir / index['tar']}` ({index['bytes'] / 1e6:.1f} MB, {len(index['samples'])} samples, {len(index['rejected'])} rejected)",
         "",
-        "| key | foreground fraction | tracked points | visible fraction | jitter raw / smoothed (px/frame²) | GT median error raw / smoothed (px) |",
+        "| key | foreground fraction | tracked points | visible fraction | jitter raw / smoothed (px/frame²) | point-map pixels visible |",
         "|---|---|---|---|---|---|",
     ]
     for key, meta in index["sample_meta"].items():
@@ -394,6 +394,6 @@ def shard_samples_markdown(partition: str, settings: PipelineSettings) -> str:
             f"| {_cell(stats.get('query_points', {}).get('query_points'), 'd')} "
             f"| {_cell(stats.get('tracks_3d', {}).get('visible_fraction'), '.3f')} "
             f"| {_cell(smooth.get('jitter_raw_px'), '.2f')} / {_cell(smooth.get('jitter_smoothed_px'), '.2f')} "
-            f"| {_cell(smooth.get('raw_median_px_error'), '.2f')} / {_cell(smooth.get('smoothed_median_px_error'), '.2f')} |"
+            f"| {_cell(stats.get('point_maps', {}).get('visible_fraction'), '.3f')} |"
         )
     return "\n".join(lines) + "\n"

@@ -1,0 +1,78 @@
+"""The sweep that sets the quality gate's thresholds (stages/quality_gate.py), on curated synthetic data.
+
+Reads a data directory curated by the pipeline (its stage files: smoothed tracks, visibility, frames,
+depth, ground truth), computes every object's gate signals and whether it failed by the ground truth
+(median error of its tracks at the last frame, over its ground-truth-visible points, above 8 px), and
+grid-searches the thresholds. Ranks by F1 among settings with precision >= --min-precision, and
+prints the best settings and the figures of the shipped ones.
+Run: python benchmarks/gate_sweep.py DATA_DIR [DATA_DIR ...]   (e.g. the --keep folders of point_map_quality.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+import numpy as np
+
+from pointvid_pipeline.evaluation.point_map_accuracy import LOST_OBJECT_PX
+from pointvid_pipeline.stages.quality_gate import GATE_THRESHOLDS, GateThresholds, lost_objects, object_signals
+from pointvid_pipeline.storage.stage_store import StageStore
+
+GRID = {
+    "max_floating": (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 1.0),
+    "max_colour_change": (25.0, 30.0, 35.0, 40.0, 45.0, 60.0, 80.0, 1e9),
+}
+
+
+def objects(data_dir: Path) -> list[dict]:
+    """Every object of every sample that reached the smoothed_tracks stage: signals and failure."""
+    store = StageStore(data_dir / "stages")
+    out = []
+    for index_path in sorted((data_dir / "stages" / "smoothed_tracks").glob("*/_index.json")):
+        partition = index_path.parent.name
+        for key in store.read_index("smoothed_tracks", partition).accepted:
+            clip = store.read_arrays("clips", partition, key)
+            queries = store.read_arrays("query_points", partition, key)["queries"]
+            u, v = queries.T
+            labels = store.read_arrays("reference_masks", partition, key)["labels"][v, u]
+            tracks = np.asarray(store.read_arrays("smoothed_tracks", partition, key)["tracks"])
+            visibility = np.asarray(store.read_arrays("tracks_3d", partition, key)["visibility"])
+            signals = object_signals(clip["frames"], store.read_arrays("depth", partition, key)["depth"], tracks, visibility, labels, queries)
+            truth, seen = clip["truth_track_uvd"][-1, v, u], clip["truth_track_visible"][-1, v, u]
+            for object_id, values in signals.items():
+                points = (labels == object_id) & seen
+                error = float(np.median(np.linalg.norm(tracks[-1, points, :2] - truth[points, :2], axis=-1))) if points.any() else float("nan")
+                out.append({"key": key, "object_id": object_id, "failed": error > LOST_OBJECT_PX, "signals": values})
+    return out
+
+
+def figures(rows: list[dict], thresholds: GateThresholds) -> dict:
+    removed = [r["object_id"] in lost_objects({r["object_id"]: r["signals"]}, thresholds) for r in rows]
+    failed = [r["failed"] for r in rows]
+    caught = sum(a and b for a, b in zip(removed, failed))
+    precision = caught / sum(removed) if any(removed) else float("nan")
+    recall = caught / sum(failed) if any(failed) else float("nan")
+    return {"objects": len(rows), "failed": sum(failed), "removed": sum(removed), "caught": caught, "precision": precision, "recall": recall,
+            "f1": 2 * precision * recall / (precision + recall) if caught else 0.0, "good_objects_removed": sum(removed) - caught}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data_dirs", nargs="+", type=Path)
+    parser.add_argument("--min-precision", type=float, default=0.8)
+    args = parser.parse_args()
+    rows = [row for data_dir in args.data_dirs for row in objects(data_dir)]
+    results = []
+    for values in itertools.product(*GRID.values()):
+        thresholds = GateThresholds(*values)
+        results.append((figures(rows, thresholds), thresholds))
+    eligible = [r for r in results if r[0]["precision"] >= args.min_precision] or results
+    for result, thresholds in sorted(eligible, key=lambda r: (-r[0]["f1"], -r[0]["recall"]))[:8]:
+        print(f"{thresholds}  {result}")
+    print(f"shipped {GATE_THRESHOLDS}: {figures(rows, GATE_THRESHOLDS)}")
+
+
+if __name__ == "__main__":
+    main()

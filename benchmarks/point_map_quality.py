@@ -1,0 +1,135 @@
+"""Point-map accuracy and the quality gate, on the default scenes and on the same specs drawn with other seeds.
+
+Curates the scenes through the plain-Python runner (the code the Dagster assets call), then reports what
+ships: the dataset card's evaluation (per camera motion and pooled, `evaluation/point_map_accuracy.py`),
+the foreground query tracks raw vs smoothed (error and acceleration against the ground truth's), and the
+gate's precision and recall against the ground truth: an object has failed when the median 2D error of
+its tracks at the last frame, over its ground-truth-visible points, exceeds 8 px (measured before the gate,
+so removed objects are judged too).
+Run: python benchmarks/point_map_quality.py [--extra-seeds 4] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import os
+
+for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from pointvid_pipeline.backends.registry import lazy_backends  # noqa: E402
+from pointvid_pipeline.dataset import build_dataset  # noqa: E402
+from pointvid_pipeline.evaluation.point_map_accuracy import LOST_OBJECT_PX, evaluate_dataset, summarise  # noqa: E402
+from pointvid_pipeline.pipeline import STAGES, partition_rows, run_stage  # noqa: E402
+from pointvid_pipeline.settings import PipelineSettings  # noqa: E402
+from pointvid_pipeline.storage.stage_store import StageStore  # noqa: E402
+from pointvid_pipeline.synthetic.scenes import load_default_scenes  # noqa: E402
+
+
+def scene_file(folder: Path, extra_seeds: int) -> Path | None:
+    """The default specs drawn again with seeds + 1000 i (i = 1..extra_seeds); None = the defaults themselves."""
+    if not extra_seeds:
+        return None
+    specs = [dataclasses.replace(spec, seed=spec.seed + 1000 * i, name=f"{spec.name}_s{spec.seed + 1000 * i}") for i in range(1, extra_seeds + 1) for spec in load_default_scenes()]
+    path = folder / "scenes.json"
+    path.write_text(json.dumps([dataclasses.asdict(spec) for spec in specs], indent=1))
+    return path
+
+
+def curate(data_dir: Path, scenes: Path | None) -> PipelineSettings:
+    settings = PipelineSettings(data_dir=data_dir, scenes=str(scenes) if scenes else None)
+    backends = lazy_backends(settings.profile)
+    partitions = list(partition_rows(settings))
+    for partition in tqdm(partitions, desc="curate", unit="shard"):
+        for stage in STAGES:
+            run_stage(stage, partition, settings, backends)
+    build_dataset(settings, partitions)
+    return settings
+
+
+def gate_outcomes(settings: PipelineSettings) -> list[dict]:
+    """Per object: did the gate remove it, and had it failed by the ground truth (before the gate)?"""
+    store = StageStore(settings.stages_dir)
+    outcomes = []
+    for partition in partition_rows(settings):
+        index = store.read_index("point_maps", partition)
+        removed_by_key = {key: {g["object_id"] for g in meta.get("gate", {}).get("removed", [])} for key, meta in index.accepted.items()}
+        rejected = {row["key"] for row in index.rejected if row["reason"] == "track_failure"}
+        for key in list(index.accepted) + sorted(rejected):
+            clip = store.read_arrays("clips", partition, key)
+            u, v = store.read_arrays("query_points", partition, key)["queries"].T
+            labels = store.read_arrays("reference_masks", partition, key)["labels"][v, u]
+            tracks = store.read_arrays("smoothed_tracks", partition, key)["tracks"]
+            truth, seen = clip["truth_track_uvd"][-1, v, u], clip["truth_track_visible"][-1, v, u]
+            for object_id in np.unique(labels[labels > 0]):
+                points = (labels == object_id) & seen
+                error = float(np.median(np.linalg.norm(tracks[-1, points, :2] - truth[points, :2], axis=-1))) if points.any() else float("nan")
+                removed = key in rejected or object_id in removed_by_key.get(key, set())
+                outcomes.append({"key": key, "object_id": int(object_id), "last_frame_error_px": error, "failed": error > LOST_OBJECT_PX, "removed": removed})
+    return outcomes
+
+
+def gate_figures(outcomes: list[dict]) -> dict:
+    failed = sum(o["failed"] for o in outcomes)
+    removed = sum(o["removed"] for o in outcomes)
+    caught = sum(o["failed"] and o["removed"] for o in outcomes)
+    return {
+        "objects": len(outcomes),
+        "failed": failed,
+        "removed": removed,
+        "failed_and_removed": caught,
+        "failed_and_shipped": failed - caught,
+        "precision": caught / removed if removed else float("nan"),
+        "recall": caught / failed if failed else float("nan"),
+    }
+
+
+def report(name: str, settings: PipelineSettings) -> dict:
+    rows, _ = evaluate_dataset(settings.data_dir)
+    summary = summarise(rows)
+    quality = json.loads((settings.dataset_dir / "summary.json").read_text())["quality_vs_ground_truth"]
+    gate = gate_figures(gate_outcomes(settings))
+    print(f"\n== {name}: {summary['scenes']} scenes, {summary['objects']} objects shipped or removed ==")
+    print("dense point map (all shipped pixels, frames 1-15; mean over scenes):")
+    for camera, figures in {**summary["by_camera"], "pooled": summary["pooled"]["all/1-15"]}.items():
+        print(f"  {camera:8s} median {figures['median_px_error']:.3f} px  within 1 px {figures['within_1px']:.3f}  rel. depth {figures['median_rel_depth_error']:.4f}  "
+              f"OA {figures['tapvid2d_occlusion_accuracy']:.3f}  AJ {figures['tapvid2d_average_jaccard']:.3f}  3D-AJ {figures['tapvid3d_average_jaccard']:.3f}")
+    tracks = quality["tracks"]
+    print(f"foreground tracks: raw {tracks['raw_median_px_error']:.3f} px / smoothed {tracks['smoothed_median_px_error']:.3f} px; "
+          f"|acceleration| raw {tracks['raw_acceleration_px']:.3f}, smoothed {tracks['smoothed_acceleration_px']:.3f}, truth {tracks['truth_acceleration_px']:.3f} "
+          f"(smoothed / truth {tracks['smoothed_acceleration_px'] / tracks['truth_acceleration_px']:.2f})")
+    print(f"lost objects shipped (last-frame error > {LOST_OBJECT_PX:g} px): {len(summary['lost_objects_shipped'])}")
+    print(f"gate: {json.dumps(gate)}")
+    return {"evaluation": summary, "tracks": tracks, "gate": gate}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--extra-seeds", type=int, default=4, help="draw every default spec again with this many other seeds (default 4: 56 scenes)")
+    parser.add_argument("--keep", help="write the runs here instead of a temporary folder")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    import cv2
+
+    cv2.setNumThreads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.keep or tmp)
+        results = {"default scenes": report("default scenes", curate(root / "default", None))}
+        if args.extra_seeds:
+            (root / "seeds").mkdir(parents=True, exist_ok=True)
+            settings = curate(root / "seeds", scene_file(root / "seeds", args.extra_seeds))
+            results[f"{args.extra_seeds} other seeds"] = report(f"{args.extra_seeds} other seeds of every default spec", settings)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""RigidObjectTracker on a plane moved by a known SE(3) and on rendered pybullet scenes with ground truth."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from pointvid_pipeline.clip import FRAME_COUNT, FRAME_HEIGHT, FRAME_WIDTH, project, rigid_fit, unproject
+from pointvid_pipeline.settings import PipelineSettings
+from pointvid_pipeline.stages.object_tracking import RigidObjectTracker
+from pointvid_pipeline.stages.query_points import sample_query_points, sample_seed
+from pointvid_pipeline.stages.tracking import OpticalFlowTracker
+from pointvid_pipeline.synthetic.scenes import load_default_scenes, render_scene, scene_intrinsics
+
+OBJECT_HALF_SIZE = 0.3  # metres, half the side of the moving textured square
+BACKGROUND_Z = 3.0  # metres, the static textured wall behind it
+
+
+def texture(seed: int, size: int = 512) -> np.ndarray:
+    """Smooth random grey texture: trackable everywhere, like a textured surface."""
+    noise = np.random.default_rng(seed).uniform(0, 255, (size, size)).astype(np.float32)
+    blurred = cv2.GaussianBlur(noise, (0, 0), 2.0)
+    return cv2.normalize(blurred, None, 0, 255, cv2.NORM_MINMAX)
+
+
+def motion(t: int) -> np.ndarray:
+    """Camera-space pose of the square at frame t relative to frame 0: 1.5 deg/frame about a tilted axis
+    through its centre, plus a drift of (1, 0.5, 1) cm/frame."""
+    axis = np.array([0.3, 1.0, 0.2]) / np.linalg.norm([0.3, 1.0, 0.2])
+    rotation, _ = cv2.Rodrigues(axis * np.deg2rad(1.5) * t)
+    centre = np.array([0.0, 0.0, 1.5])
+    pose = np.eye(4)
+    pose[:3, :3] = rotation
+    pose[:3, 3] = centre - rotation @ centre + np.array([0.01, 0.005, 0.01]) * t
+    return pose
+
+
+def render_plane_clip() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ray-cast frames and exact z-depth of a tilted textured square in front of a textured wall.
+
+    Returns frames (T,H,W,3) u8, depth (T,H,W) f32 and the frame-0 labels (1 on the square).
+    """
+    intrinsics = scene_intrinsics()
+    rows, cols = np.mgrid[0:FRAME_HEIGHT, 0:FRAME_WIDTH].astype(np.float64)
+    rays = unproject(np.stack([cols, rows, np.ones_like(cols)], axis=-1), intrinsics)  # z = 1
+    tilt, _ = cv2.Rodrigues(np.array([0.4, -0.3, 0.0]))
+    centre0, axes0 = np.array([0.0, 0.0, 1.5]), tilt  # square's centre and (in-plane u, in-plane v, normal) columns
+    object_texture, wall_texture = texture(1), texture(2)
+    scale = (object_texture.shape[0] - 1) / (2 * OBJECT_HALF_SIZE)
+    frames = np.empty((FRAME_COUNT, FRAME_HEIGHT, FRAME_WIDTH, 3), np.uint8)
+    depth = np.empty((FRAME_COUNT, FRAME_HEIGHT, FRAME_WIDTH), np.float32)
+    labels = np.zeros((FRAME_HEIGHT, FRAME_WIDTH), np.int32)
+    for t in range(FRAME_COUNT):
+        pose = motion(t)
+        centre, axes = pose[:3, :3] @ centre0 + pose[:3, 3], pose[:3, :3] @ axes0
+        z = (axes[:, 2] @ centre) / (rays @ axes[:, 2])  # ray-plane intersection; rays have z = 1
+        offset = rays * z[..., None] - centre
+        plane_uv = np.stack([offset @ axes[:, 0], offset @ axes[:, 1]], axis=-1)
+        on_square = np.all(np.abs(plane_uv) < OBJECT_HALF_SIZE, axis=-1) & (z > 0)
+        square_px = ((plane_uv + OBJECT_HALF_SIZE) * scale).astype(np.float32)
+        square = cv2.remap(object_texture, square_px[..., 0], square_px[..., 1], cv2.INTER_LINEAR)
+        wall_px = (rays[..., :2] * BACKGROUND_Z * 300 + 256).astype(np.float32)  # static wall, 300 texels/m
+        wall = cv2.remap(wall_texture, wall_px[..., 0], wall_px[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        grey = np.where(on_square, square, wall)
+        frames[t] = np.repeat(np.clip(grey, 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+        depth[t] = np.where(on_square, z, BACKGROUND_Z)
+        if t == 0:
+            labels[on_square] = 1
+    return frames, depth, labels
+
+
+def test_rigid_fit_recovers_a_known_transform():
+    rng = np.random.default_rng(0)
+    points = rng.uniform(-1, 1, (50, 3))
+    pose = motion(7)
+    assert np.allclose(rigid_fit(points, points @ pose[:3, :3].T + pose[:3, 3]), pose, atol=1e-9)
+
+
+def test_plane_moved_by_a_known_se3_is_tracked_to_subpixel():
+    frames, depth, labels = render_plane_clip()
+    intrinsics = scene_intrinsics()
+    queries = sample_query_points(labels, 80, 0.1, seed=0).astype(np.float32)
+    on_square = labels[queries[:, 1].astype(int), queries[:, 0].astype(int)] == 1
+    tracks, visible = RigidObjectTracker().track(frames, depth, queries, labels, intrinsics)
+
+    start = unproject(np.column_stack([queries, depth[0][queries[:, 1].astype(int), queries[:, 0].astype(int)]]), intrinsics)
+    truth = np.stack([project(start @ motion(t)[:3, :3].T + motion(t)[:3, 3], intrinsics) for t in range(FRAME_COUNT)])
+    error = np.linalg.norm(tracks[:, on_square, :2] - truth[:, on_square, :2], axis=-1)
+    assert on_square.sum() > 1000
+    assert np.array_equal(tracks[0, :, :2], queries) and visible[0].all()
+    assert np.median(error) < 0.1, f"median {np.median(error):.3f} px"
+    assert error.max() < 0.5, f"max {error.max():.3f} px"
+    rel_depth = np.abs(tracks[:, on_square, 2] - truth[:, on_square, 2]) / truth[:, on_square, 2]
+    assert rel_depth.max() < 1e-3
+    assert visible[:, on_square].mean() > 0.99  # faces the camera, stays in frame; misses only on its rim
+
+
+def scene_errors(name: str) -> tuple[dict[int, float], float, float]:
+    """Render a default scene; per object the new tracker's median last-frame error (gt-visible points),
+    and both trackers' median foreground error over frames 1-15."""
+    spec = next(spec for spec in load_default_scenes() if spec.name == name)
+    clip = render_scene(spec)
+    settings = PipelineSettings()
+    labels = clip.truth.instance_masks[0].astype(np.int32)
+    queries = sample_query_points(labels, settings.grid_size, settings.background_fraction, sample_seed(clip.key))
+    u, v = queries[:, 0], queries[:, 1]
+    query_labels, truth = labels[v, u], clip.truth.track_uvd[:, v, u, :2]
+    seen = clip.truth.track_visible[:, v, u] & (query_labels > 0)
+    seen[0] = False
+
+    new_tracks, _ = RigidObjectTracker().track(clip.frames, clip.truth.depth, queries.astype(np.float32), labels, clip.intrinsics)
+    old_tracks, _ = OpticalFlowTracker().track(clip.frames, clip.truth.depth, queries.astype(np.float32))
+    new_error = np.linalg.norm(new_tracks[..., :2] - truth, axis=-1)
+    old_error = np.linalg.norm(old_tracks[..., :2] - truth, axis=-1)
+    last = {int(k): float(np.median(new_error[-1][seen[-1] & (query_labels == k)])) for k in np.unique(query_labels[seen[-1]])}
+    return last, float(np.median(new_error[seen])), float(np.median(old_error[seen]))
+
+
+@pytest.mark.parametrize("name", ["drop_soccer_ball_duck_block_static", "drop_ball_block_pan"])
+def test_rendered_scene_objects_stay_on_target(name):
+    last_frame, new_median, old_median = scene_errors(name)
+    assert all(error < 8.0 for error in last_frame.values()), last_frame
+    assert new_median < 0.5 * old_median, (new_median, old_median)
+
+
+@pytest.mark.xfail(strict=True, reason="known failure: the weakly textured duck tumbles over and ends 40-50 px off")
+def test_tumbling_duck_stays_on_target():
+    last_frame, new_median, old_median = scene_errors("drop_duck_cube_static")
+    assert new_median < 0.5 * old_median  # the scene as a whole is tracked far better than before
+    assert all(error < 8.0 for error in last_frame.values()), last_frame

@@ -1,0 +1,89 @@
+"""The quality gate's signals on constructed tracks with known failures, and the stage's use of them."""
+
+import numpy as np
+
+from pointvid_pipeline.backends.registry import StageBackends, lazy_backends
+from pointvid_pipeline.pipeline import STAGES, partition_rows, run_stage
+from pointvid_pipeline.settings import PipelineSettings
+from pointvid_pipeline.stages.quality_gate import GATE_THRESHOLDS, lost_objects, object_signals
+from pointvid_pipeline.storage.stage_store import StageStore
+
+FRAMES, HEIGHT, WIDTH = 6, 30, 40
+
+
+def scene():
+    """Floor at 4 m; object 1 (a red square at 2 m) stays put and is tracked right; object 2 (green, 2 m)
+    moves right by 2 px a frame but its tracks stay behind, hanging in front of the floor."""
+    frames = np.zeros((FRAMES, HEIGHT, WIDTH, 3), np.uint8)
+    depth = np.full((FRAMES, HEIGHT, WIDTH), 4.0, np.float32)
+    frames[..., 2] = 200  # blue floor
+    for t in range(FRAMES):
+        frames[t, 5:15, 5:15] = (220, 0, 0)
+        depth[t, 5:15, 5:15] = 2.0
+        frames[t, 15:25, 20 + 2 * t : 30 + 2 * t] = (0, 220, 0)
+        depth[t, 15:25, 20 + 2 * t : 30 + 2 * t] = 2.0
+    queries = np.array([[u, v] for v in range(5, 25, 2) for u in range(5, 30, 2) if (5 <= u < 15 and 5 <= v < 15) or (20 <= u < 30 and 15 <= v < 25)])
+    labels = np.where((queries[:, 0] < 15), 1, 2)
+    tracks = np.zeros((FRAMES, len(queries), 3))
+    tracks[:, :, :2] = queries  # nobody moves: right for object 1, wrong for object 2
+    tracks[:, :, 2] = 2.0
+    visible = np.ones((FRAMES, len(queries)), bool)
+    return frames, depth, tracks, visible, labels, queries
+
+
+def test_tracks_left_behind_float_and_change_colour_and_are_judged_lost():
+    frames, depth, tracks, visible, labels, queries = scene()
+
+    signals = object_signals(frames, depth, tracks, visible, labels, queries)
+
+    assert signals[1] == {"visible_at_end": 1.0, "floating": 0.0, "colour_change": 0.0}
+    assert signals[2]["floating"] > 0.8  # by the last frame the object moved 10 px: most tracks hang over the floor
+    assert signals[2]["colour_change"] > 200  # green at frame 0, blue floor at the end
+    assert lost_objects(signals) == {2: ["floating", "colour_change"]}
+
+
+def test_an_object_seen_nowhere_at_the_end_has_no_colour_signal_and_is_not_removed_for_it():
+    frames, depth, tracks, visible, labels, queries = scene()
+    tracks[:, labels == 2, 0] += 2 * np.arange(FRAMES)[:, None]  # now object 2 is tracked right ...
+    visible[-1, labels == 2] = False  # ... and hidden at the last frame
+
+    signals = object_signals(frames, depth, tracks, visible, labels, queries)
+
+    assert np.isnan(signals[2]["colour_change"]) and signals[2]["visible_at_end"] == 0.0
+    assert signals[2]["floating"] < GATE_THRESHOLDS.max_floating and lost_objects(signals) == {}
+
+
+class TrackerThatLosesEverything:
+    """The real tracker's call, then every track frozen at its query pixel: objects that fall or are
+    pushed leave their tracks hanging in the air, as a failed tracker does."""
+
+    def __init__(self, tracker):
+        self.tracker, self.name, self.version = tracker, tracker.name, tracker.version
+
+    def setup(self):
+        self.tracker.setup()
+
+    def track(self, frames, depth, queries, **inputs):
+        tracks, visibility = self.tracker.track(frames, depth, queries, **inputs)
+        return np.broadcast_to(tracks[:1], tracks.shape).copy(), np.ones_like(visibility)
+
+
+def test_stage_removes_lost_objects_and_rejects_samples_left_without_any(tmp_path):
+    settings = PipelineSettings(data_dir=tmp_path, shard_size=3)
+    backends = lazy_backends("cpu")
+    frozen = StageBackends(backends.object_extractor, backends.segmenter, backends.depth_estimator, lambda: TrackerThatLosesEverything(backends.point_tracker()))
+    partition = next(iter(partition_rows(settings)))
+    for stage in STAGES[:-1]:
+        run_stage(stage, partition, settings, frozen)
+
+    index = StageStore(settings.stages_dir).read_index("point_maps", partition)
+    failures = [row for row in index.rejected if row["reason"] == "track_failure"]
+    removed = [entry for meta in index.accepted.values() for entry in meta["gate"]["removed"]]
+    assert failures and all("judged lost" in row["detail"] for row in failures)
+    assert len(index.accepted) + len(index.rejected) == 3  # nothing dropped silently
+    for key, meta in index.accepted.items():
+        valid = StageStore(settings.stages_dir).read_arrays("point_maps", partition, key)["valid"]
+        labels = StageStore(settings.stages_dir).read_arrays("reference_masks", partition, key)["labels"]
+        assert all(not valid[labels == entry["object_id"]].any() for entry in meta["gate"]["removed"])
+        assert meta["stats"]["point_maps"]["objects_removed"] == len(meta["gate"]["removed"])
+    assert removed or not index.accepted
