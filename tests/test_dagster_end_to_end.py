@@ -79,6 +79,10 @@ def test_dataset_card_reports_ground_truth_errors(run):
     assert quality["oracles"] == ["depth: renderer-depth@1", "reference_masks: renderer-masks@1"]
     card = (settings.dataset_dir / "README.md").read_text()
     assert "median 2D error (px)" in card and "3D-AJ" in card and "Oracle stages" in card
+    (lost_check,) = dataset_result.get_asset_check_evaluations()
+    lost = quality["point_map"]["lost_objects_shipped"]
+    assert lost_check.check_name == "no_lost_object_shipped" and lost_check.passed == (not lost)
+    assert lost_check.metadata["lost_objects_shipped"].value == len(lost)
 
 
 def test_sensor_registers_only_new_shards(tmp_path):

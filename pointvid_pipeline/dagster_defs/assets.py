@@ -116,21 +116,37 @@ def _stage_asset(stage: str, upstream: str | None):
 stage_assets = [_stage_asset(stage, STAGES[i - 1] if i else None) for i, stage in enumerate(STAGES)]
 
 
+NO_LOST_OBJECTS = "no_lost_object_shipped"
+
+
 @asset(
     name="dataset",
-    description="Roll-up of all shards of the configured input: Parquet manifests of samples and rejections, counts per rejection reason, dataset card with ground-truth error figures.",
+    description="Roll-up of all shards of the configured input: Parquet manifests of samples and rejections, counts per rejection reason, "
+    "the point maps' accuracy against ground truth for synthetic samples (evaluation.parquet), dataset card.",
     deps=[AssetKey("pointvid_shards")],
     group_name=GROUP,
     kinds={"python", "parquet"},
     required_resource_keys={"pipeline_settings"},
+    check_specs=[AssetCheckSpec(NO_LOST_OBJECTS, asset="dataset", description="No synthetic object whose point map is off by more than 8 px (median) at the last frame ships.")],
 )
 def dataset(context: AssetExecutionContext) -> MaterializeResult:
     settings = context.resources.pipeline_settings.settings()
     partitions = list(partition_rows(settings))
     summary = build_dataset(settings, partitions, context.resources.pipeline_settings.storage_options())
     missing = [p for p in partitions if not (settings.shards_dir / f"{p}.json").exists()]
+    point_map = summary["quality_vs_ground_truth"].get("point_map", {})
+    lost = point_map.get("lost_objects_shipped", [])
+    pooled = point_map.get("pooled", {}).get("all/1-15", {})
+    lost_check = AssetCheckResult(
+        check_name=NO_LOST_OBJECTS,
+        passed=not lost,
+        severity=AssetCheckSeverity.WARN,  # a measurement of what shipped, not a reason to withhold the roll-up
+        metadata={"lost_objects_shipped": len(lost), "objects": MetadataValue.json(lost), "synthetic_scenes": point_map.get("scenes", 0)},
+    )
     return MaterializeResult(
+        check_results=[lost_check],
         metadata={
+            **{f"point_map_{name}": float(value) for name, value in pooled.items() if name in ("median_px_error", "within_1px", "tapvid2d_occlusion_accuracy", "tapvid3d_average_jaccard")},
             "accepted": summary["accepted"],
             "rejected": summary["rejected"],
             "input_rows": summary["input_rows"],
