@@ -6,10 +6,13 @@ onto the floor. Here a query point is never moved on its own: it is its frame-0 
 depth) carried by the pose of its body (object k, or the background, label 0, which moves when the
 camera does). Each frame, per body:
 
-1. predict: an object's pose comes from dense DIS flow t-1 -> t at its points (placed by the previous
-   pose), matched in 3D through the depth maps and fitted by RANSAC + Kabsch. The flow is computed
-   only in a box around each object. The background's pose is extrapolated at constant velocity:
-   camera motion is smooth, and the re-anchoring below corrects it.
+1. predict: an object's motion t-1 -> t comes from dense DIS flow at all its pixels at t-1 (its
+   silhouette there, so also the surface frame 0 never saw: a tumbling or rolling body turns frame 0's
+   side away), matched in 3D through the depth maps and fitted by RANSAC + Kabsch. The flow starts
+   from the object's last motion (constant velocity), so fast falls stay within DIS's reach, and is
+   computed only in a box around where the object was and where that motion takes it. The
+   background's pose is extrapolated at constant velocity: camera motion is smooth, and the
+   re-anchoring below corrects it.
 2. re-anchor: frame 0 is warped into frame t with the predicted poses, and flow from that picture to
    frame t (small, since the prediction is close) matches frame-0 pixels to frame-t pixels directly;
    a second RANSAC + Kabsch fit replaces the pose. Errors therefore do not accumulate over frames.
@@ -99,10 +102,11 @@ def grown(rows: slice, cols: slice, margin: int, shape: tuple[int, int]) -> tupl
 def flow_in_boxes(
     dis: cv2.DISOpticalFlow, first: np.ndarray, second: np.ndarray, boxes: list[tuple[slice, slice]], flow: np.ndarray
 ) -> np.ndarray:
-    """DIS flow first -> second computed only inside each box and written into the (H, W, 2) `flow`:
-    the objects cover a small part of the frame, and the flow's cost is proportional to the area."""
+    """DIS flow first -> second computed only inside each box, starting from the (H, W, 2) `flow` there
+    and written into it: the objects cover a small part of the frame, and the flow's cost is
+    proportional to the area."""
     for box in boxes:
-        flow[box] = dis.calc(np.ascontiguousarray(first[box]), np.ascontiguousarray(second[box]), None)
+        flow[box] = dis.calc(np.ascontiguousarray(first[box]), np.ascontiguousarray(second[box]), np.ascontiguousarray(flow[box]))
     return flow
 
 
@@ -147,13 +151,14 @@ class RigidObjectTracker:
     version = f"2-opencv{cv2.__version__}"
 
     preset: str = "fine"  # frame-to-frame flow that predicts each pose (objects fall up to ~20 px/frame)
-    anchor_preset: str = "medium"  # flow from warped frame 0 to frame t: residual motion is small
+    anchor_preset: str = "fine"  # flow from warped frame 0 to frame t: residual motion is small, full-resolution patches place it best
     samples_per_body: int = 1500  # matches per re-anchoring fit; more costs time, not accuracy
     prediction_samples: int = 500  # matches per prediction fit: it only has to land within the flow's reach
     inlier_px: float = 2.0  # RANSAC threshold on the 3D misfit expressed in pixels
     hypotheses: int = 32
     min_matches: int = 20  # fewer matches than this (body hidden or out of frame): keep the predicted pose
-    predict_margin: int = 48  # px around an object's box for the prediction flow: its motion plus DIS context
+    predict_margin: int = 48  # px around an object's box for the first prediction flow: its motion plus DIS context
+    guided_margin: int = 32  # the same once the flow starts from the last motion, which leaves less to find
     anchor_margin: int = 32  # px around an object's box for the re-anchoring flow (16 loses accuracy)
     background_scale: int = 2  # the background's re-anchoring flow runs on frames downscaled by this
     depth_abs_tol: float = 0.01  # metres, depth test of visibility and of frame-0 consistency
@@ -198,16 +203,24 @@ class RigidObjectTracker:
         flow_positions[0] = queries
 
         poses_per_frame = [dict(poses)]
+        label_before = labels  # each object's silhouette at t-1, for the prediction at t
         for t in range(1, count):
             if 0 in poses:
                 poses[0] = extrapolate(poses_per_frame[max(t - 2, 0)][0], poses[0])
-            placed = {k: project(transform(poses[k], body_points[k][: self.prediction_samples]), intrinsics) for k in objects}
-            boxes = [self._box(uv, self.predict_margin, shape) for uv in placed.values() if inside_frame(uv, width, height).any()]
-            flow = flow_in_boxes(predict_flow, gray[t - 1], gray[t], boxes, np.zeros((height, width, 2), np.float32))
+            velocities = {k: poses[k] @ np.linalg.inv(poses_per_frame[max(t - 2, 0)][k]) for k in objects}
+            margin = self.predict_margin if t == 1 else self.guided_margin
+            boxes = []
+            for k in objects:  # the box spans where the body was and where its last motion takes it
+                start = project(transform(poses[k], body_points[k][: self.prediction_samples]), intrinsics)
+                end = project(transform(velocities[k] @ poses[k], body_points[k][: self.prediction_samples]), intrinsics)
+                if inside_frame(start, width, height).any() or inside_frame(end, width, height).any():
+                    boxes.append(self._box(np.vstack([start, end]), margin, shape))
+            guess = self._motion_guess(velocities, label_before, depth[t - 1], homogeneous, intrinsics)
+            flow = flow_in_boxes(predict_flow, gray[t - 1], gray[t], boxes, guess)
             for k in objects:
-                poses[k] = self._predict(poses[k], body_points[k][: self.prediction_samples], placed[k], flow, depth[t - 1], depth[t], intrinsics, rng)
+                poses[k] = self._predict(poses[k], label_before == k, flow, depth[t - 1], depth[t], pixels, intrinsics, rng)
 
-            label_t = splat_objects(object_points, poses, intrinsics, shape)
+            label_t = label_before = splat_objects(object_points, poses, intrinsics, shape)
             source = self._frame0_pixels(poses, label_t, depth[t], homogeneous, intrinsics)
             warped = cv2.remap(gray[0], source[..., :2] / source[..., 2:], None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
             photometric = cv2.absdiff(warped, gray[t])
@@ -262,22 +275,46 @@ class RigidObjectTracker:
     def _fit(self, src: np.ndarray, dst: np.ndarray, focal: float, rng: np.random.Generator):
         return fit_pose_ransac(src, dst, focal, self.inlier_px, self.hypotheses, rng)
 
-    def _predict(
-        self, pose: np.ndarray, points: np.ndarray, before: np.ndarray, flow: np.ndarray, depth_prev: np.ndarray,
-        depth_next: np.ndarray, intrinsics: np.ndarray, rng: np.random.Generator,
+    @staticmethod
+    def _motion_guess(
+        velocities: dict[int, np.ndarray], label_now: np.ndarray, depth_now: np.ndarray, homogeneous: np.ndarray,
+        intrinsics: np.ndarray,
     ) -> np.ndarray:  # fmt: skip
-        """Pose at t from the flow t-1 -> t at the body's points (`before`: placed by the pose at t-1)
-        that were visible at t-1."""
+        """(H, W, 2) float32 flow expected from t-1 to t on each object's silhouette if it keeps its last
+        motion (constant velocity): the start of the prediction flow, whose reach alone misses the
+        fastest falls (~30 px/frame)."""
+        guess = np.zeros(label_now.shape + (2,), np.float32)
+        inverse_k = np.linalg.inv(intrinsics)
+        for k, box in enumerate(ndimage.find_objects(label_now), start=1):
+            if box is None:
+                continue
+            velocity = velocities[k]
+            matrix = np.hstack([intrinsics @ velocity[:3, :3] @ inverse_k, intrinsics @ velocity[:3, 3:]]).astype(np.float32)
+            moved = cv2.transform(homogeneous[box] * depth_now[box][..., None], matrix)
+            shift = moved[..., :2] / moved[..., 2:] - homogeneous[box][..., :2]
+            np.copyto(guess[box], shift, where=(label_now[box] == k)[..., None])
+        return guess
+
+    def _predict(
+        self, pose: np.ndarray, silhouette: np.ndarray, flow: np.ndarray, depth_prev: np.ndarray, depth_next: np.ndarray,
+        pixels: np.ndarray, intrinsics: np.ndarray, rng: np.random.Generator,
+    ) -> np.ndarray:  # fmt: skip
+        """Pose at t: the motion t-1 -> t fitted on the flow at the body's pixels at t-1 (`silhouette`,
+        splatted for the re-anchoring at t-1), applied to the pose at t-1. All of the body seen at t-1
+        takes part, not only what frame 0 saw, which has turned away on a tumbling or rolling body."""
         height, width = depth_prev.shape
-        usable = inside_frame(before, width, height)
-        usable[usable] = depth_agrees(depth_prev, before[usable], self.depth_abs_tol, self.depth_rel_tol)
-        after = before[:, :2] + sample_bilinear(flow, np.clip(before[:, :2], 0, [width - 1, height - 1]))
-        usable &= inside_frame(after, width, height)
+        candidates = np.flatnonzero(cv2.erode(silhouette.astype(np.uint8), np.ones((3, 3), np.uint8)).ravel())
+        if len(candidates) > self.prediction_samples:
+            candidates = rng.choice(candidates, self.prediction_samples, replace=False)
+        before = pixels[candidates]
+        after = before + flow.reshape(-1, 2)[candidates]
+        usable = inside_frame(after, width, height)
         if usable.sum() < self.min_matches:
             return pose
-        src, after = points[usable], after[usable]
+        before, after = before[usable], after[usable]
+        src = unproject(np.column_stack([before, sample_nearest(depth_prev, before)]), intrinsics)
         dst = unproject(np.column_stack([after, sample_nearest(depth_next, after)]), intrinsics)
-        return self._fit(src, dst, intrinsics[0, 0], rng)[0]
+        return self._fit(src, dst, intrinsics[0, 0], rng)[0] @ pose
 
     @staticmethod
     def _frame0_pixels(
