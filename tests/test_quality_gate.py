@@ -5,7 +5,7 @@ import numpy as np
 from pointvid_pipeline.backends.registry import StageBackends, lazy_backends
 from pointvid_pipeline.pipeline import STAGES, partition_rows, run_stage
 from pointvid_pipeline.settings import PipelineSettings
-from pointvid_pipeline.stages.quality_gate import GATE_THRESHOLDS, lost_objects, object_signals
+from pointvid_pipeline.stages.quality_gate import GATE_THRESHOLDS, GateThresholds, lost_objects, object_signals
 from pointvid_pipeline.storage.stage_store import StageStore
 
 FRAMES, HEIGHT, WIDTH = 6, 30, 40
@@ -39,7 +39,8 @@ def test_tracks_left_behind_float_and_change_colour_and_are_judged_lost():
     assert signals[1] == {"visible_at_end": 1.0, "floating": 0.0, "colour_change": 0.0}
     assert signals[2]["floating"] > 0.8  # by the last frame the object moved 10 px: most tracks hang over the floor
     assert signals[2]["colour_change"] > 200  # green at frame 0, blue floor at the end
-    assert lost_objects(signals) == {2: ["floating", "colour_change"]}
+    assert lost_objects(signals) == {2: ["floating"]}  # colour change is reported, not gated on (GATE_THRESHOLDS)
+    assert lost_objects(signals, GateThresholds(max_floating=1.0, max_colour_change=100.0)) == {2: ["colour_change"]}
 
 
 def test_an_object_seen_nowhere_at_the_end_has_no_colour_signal_and_is_not_removed_for_it():

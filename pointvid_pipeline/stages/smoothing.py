@@ -71,15 +71,16 @@ class KalmanConfig:
 # above with occluded frames predict-only. "rigid-tracks", for `object_tracking.RigidObjectTracker`'s output, whose
 # error is pose bias rather than frame-to-frame jitter and whose occluded positions still follow the object. Swept
 # on the foreground query tracks of the 14 default scenes and of 56 scenes drawn with other seeds
-# (benchmarks/point_map_quality.py --keep DIR, then benchmarks/smoothing_sweep.py DIR/default DIR/seeds), median 2D error (raw: 0.526 /
-# 0.565 px) and mean |acceleration| over the ground truth's (raw: 1.21 / 1.45):
+# (benchmarks/point_map_quality.py --keep DIR, then benchmarks/smoothing_sweep.py DIR/default DIR/seeds), median 2D
+# error (raw: 0.302 / 0.300 px) and mean |acceleration| over the ground truth's (raw: 1.24 / 1.63):
 #     (process, measurement noise, occluded scale)   default          other seeds
-#     "paper" (1e-4, 1e-5, inf)                       0.930 / 0.71     0.925 / 0.68  (flattens falls)
-#     (3e-3, 1e-7, 1e3)                               0.526 / 1.14     0.566 / 1.30
-#     (1e-3, 1e-7, 1e3)  chosen                       0.526 / 1.11     0.567 / 1.25
-#     (3e-4, 1e-7, 1e3)                               0.532 / 1.09     0.574 / 1.21
-#     (1e-4, 1e-7, 1e3)                               0.554 / 1.06     0.589 / 1.15
-# Stronger smoothing brings the acceleration to the truth's only by moving the tracks off it.
+#     "paper" (1e-4, 1e-5, inf)                       0.609 / 0.74     0.582 / 1.09  (flattens falls)
+#     (3e-3, 1e-7, 1e3)                               0.301 / 1.18     0.303 / 1.40
+#     (1e-3, 1e-7, 1e3)  chosen                       0.301 / 1.16     0.304 / 1.33
+#     (3e-4, 1e-7, 1e3)                               0.305 / 1.14     0.309 / 1.26
+#     (1e-4, 1e-7, 1e3)                               0.324 / 1.10     0.327 / 1.20
+# Stronger smoothing brings the acceleration to the truth's only by moving the tracks off it; most of the excess
+# acceleration on the other seeds comes from the objects the tracker loses.
 SMOOTHING_CONFIGS = {
     "paper": KalmanConfig(),
     "rigid-tracks": KalmanConfig(process_noise=1e-3, measurement_noise=1e-7, occluded_measurement_scale=1e3),
