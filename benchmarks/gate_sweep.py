@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pointvid_pipeline.evaluation.point_map_accuracy import LOST_OBJECT_PX
+from pointvid_pipeline.evaluation.track_errors import object_last_frame_errors
 from pointvid_pipeline.stages.quality_gate import GATE_THRESHOLDS, GateThresholds, lost_objects, object_signals
 from pointvid_pipeline.storage.stage_store import StageStore
 
@@ -40,22 +41,23 @@ def objects(data_dir: Path) -> list[dict]:
             tracks = np.asarray(store.read_arrays("smoothed_tracks", partition, key)["tracks"])
             visibility = np.asarray(store.read_arrays("tracks_3d", partition, key)["visibility"])
             signals = object_signals(clip["frames"], store.read_arrays("depth", partition, key)["depth"], tracks, visibility, labels, queries)
-            truth, seen = clip["truth_track_uvd"][-1, v, u], clip["truth_track_visible"][-1, v, u]
-            for object_id, values in signals.items():
-                points = (labels == object_id) & seen
-                error = float(np.median(np.linalg.norm(tracks[-1, points, :2] - truth[points, :2], axis=-1))) if points.any() else float("nan")
-                out.append({"key": key, "object_id": object_id, "failed": error > LOST_OBJECT_PX, "signals": values})
+            errors = object_last_frame_errors(tracks[-1], labels, clip["truth_track_uvd"][-1, v, u], clip["truth_track_visible"][-1, v, u])
+            out += [{"key": key, "object_id": object_id, "failed": errors[object_id] > LOST_OBJECT_PX, "signals": values} for object_id, values in signals.items()]
     return out
+
+
+def precision_recall(removed: list[bool], failed: list[bool]) -> dict:
+    """The gate judged against the ground truth: of the objects it removed, how many had failed, and of the failed, how many it removed."""
+    caught = sum(a and b for a, b in zip(removed, failed))
+    precision = caught / sum(removed) if any(removed) else float("nan")
+    recall = caught / sum(failed) if any(failed) else float("nan")
+    return {"objects": len(failed), "failed": sum(failed), "removed": sum(removed), "caught": caught, "precision": precision, "recall": recall,
+            "f1": 2 * precision * recall / (precision + recall) if caught else 0.0, "good_objects_removed": sum(removed) - caught}
 
 
 def figures(rows: list[dict], thresholds: GateThresholds) -> dict:
     removed = [r["object_id"] in lost_objects({r["object_id"]: r["signals"]}, thresholds) for r in rows]
-    failed = [r["failed"] for r in rows]
-    caught = sum(a and b for a, b in zip(removed, failed))
-    precision = caught / sum(removed) if any(removed) else float("nan")
-    recall = caught / sum(failed) if any(failed) else float("nan")
-    return {"objects": len(rows), "failed": sum(failed), "removed": sum(removed), "caught": caught, "precision": precision, "recall": recall,
-            "f1": 2 * precision * recall / (precision + recall) if caught else 0.0, "good_objects_removed": sum(removed) - caught}
+    return precision_recall(removed, [r["failed"] for r in rows])
 
 
 def main() -> None:

@@ -22,12 +22,13 @@ import json  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
+from gate_sweep import precision_recall  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from pointvid_pipeline.backends.registry import lazy_backends  # noqa: E402
 from pointvid_pipeline.dataset import build_dataset  # noqa: E402
 from pointvid_pipeline.evaluation.point_map_accuracy import LOST_OBJECT_PX, evaluate_dataset, summarise  # noqa: E402
+from pointvid_pipeline.evaluation.track_errors import object_last_frame_errors  # noqa: E402
 from pointvid_pipeline.pipeline import STAGES, partition_rows, run_stage  # noqa: E402
 from pointvid_pipeline.settings import PipelineSettings  # noqa: E402
 from pointvid_pipeline.storage.stage_store import StageStore  # noqa: E402
@@ -68,35 +69,17 @@ def gate_outcomes(settings: PipelineSettings) -> list[dict]:
             u, v = store.read_arrays("query_points", partition, key)["queries"].T
             labels = store.read_arrays("reference_masks", partition, key)["labels"][v, u]
             tracks = store.read_arrays("smoothed_tracks", partition, key)["tracks"]
-            truth, seen = clip["truth_track_uvd"][-1, v, u], clip["truth_track_visible"][-1, v, u]
-            for object_id in np.unique(labels[labels > 0]):
-                points = (labels == object_id) & seen
-                error = float(np.median(np.linalg.norm(tracks[-1, points, :2] - truth[points, :2], axis=-1))) if points.any() else float("nan")
-                removed = key in rejected or object_id in removed_by_key.get(key, set())
-                outcomes.append({"key": key, "object_id": int(object_id), "last_frame_error_px": error, "failed": error > LOST_OBJECT_PX, "removed": removed})
+            errors = object_last_frame_errors(tracks[-1], labels, clip["truth_track_uvd"][-1, v, u], clip["truth_track_visible"][-1, v, u])
+            outcomes += [{"key": key, "object_id": object_id, "failed": error > LOST_OBJECT_PX, "removed": key in rejected or object_id in removed_by_key.get(key, set())} for object_id, error in errors.items()]
     return outcomes
-
-
-def gate_figures(outcomes: list[dict]) -> dict:
-    failed = sum(o["failed"] for o in outcomes)
-    removed = sum(o["removed"] for o in outcomes)
-    caught = sum(o["failed"] and o["removed"] for o in outcomes)
-    return {
-        "objects": len(outcomes),
-        "failed": failed,
-        "removed": removed,
-        "failed_and_removed": caught,
-        "failed_and_shipped": failed - caught,
-        "precision": caught / removed if removed else float("nan"),
-        "recall": caught / failed if failed else float("nan"),
-    }
 
 
 def report(name: str, settings: PipelineSettings) -> dict:
     rows, _ = evaluate_dataset(settings.data_dir)
     summary = summarise(rows)
     quality = json.loads((settings.dataset_dir / "summary.json").read_text())["quality_vs_ground_truth"]
-    gate = gate_figures(gate_outcomes(settings))
+    outcomes = gate_outcomes(settings)
+    gate = precision_recall([o["removed"] for o in outcomes], [o["failed"] for o in outcomes])
     print(f"\n== {name}: {summary['scenes']} scenes, {summary['objects']} objects shipped or removed ==")
     print("dense point map (all shipped pixels, frames 1-15; mean over scenes):")
     for camera, figures in {**summary["by_camera"], "pooled": summary["pooled"]["all/1-15"]}.items():

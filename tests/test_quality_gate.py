@@ -3,6 +3,7 @@
 import numpy as np
 
 from pointvid_pipeline.backends.registry import StageBackends, lazy_backends
+from pointvid_pipeline.evaluation.track_errors import object_last_frame_errors
 from pointvid_pipeline.pipeline import STAGES, partition_rows, run_stage
 from pointvid_pipeline.settings import PipelineSettings
 from pointvid_pipeline.stages.quality_gate import GATE_THRESHOLDS, GateThresholds, lost_objects, object_signals
@@ -88,3 +89,15 @@ def test_stage_removes_lost_objects_and_rejects_samples_left_without_any(tmp_pat
         assert all(not valid[labels == entry["object_id"]].any() for entry in meta["gate"]["removed"])
         assert meta["stats"]["point_maps"]["objects_removed"] == len(meta["gate"]["removed"])
     assert removed or not index.accepted
+
+
+def test_an_objects_last_frame_error_is_the_median_over_its_visible_points():
+    labels = np.array([1, 1, 1, 2, 2, 0])
+    truth = np.zeros((6, 3))
+    last = np.zeros((6, 3))
+    last[:3, 0] = [1.0, 3.0, 50.0]  # object 1: errors 1, 3, 50 px -> median 3
+    last[3:5, 1] = [9.0, 11.0]  # object 2: 9 and 11 px, but the 11 px point is hidden -> 9
+    visible = np.array([True, True, True, True, False, True])
+
+    assert object_last_frame_errors(last, labels, truth, visible) == {1: 3.0, 2: 9.0}
+    assert np.isnan(object_last_frame_errors(last, labels, truth, np.zeros(6, bool))[1])

@@ -60,3 +60,16 @@ def stage_track_rows(data_dir: Path, partitions: list[str]) -> list[dict]:
                 row[f"{variant}_acceleration_px"] = mean_abs_acceleration(tracks)
             rows.append(row)
     return rows
+
+
+def object_last_frame_errors(last_tracks: np.ndarray, query_labels: np.ndarray, truth_uvd: np.ndarray, truth_visible: np.ndarray) -> dict[int, float]:
+    """Object id -> median 2D error of its query tracks at the last frame, over its ground-truth-visible points
+    (NaN when none is visible): the figure by which an object counts as lost, judged before any gate.
+
+    last_tracks (N, 3) and truth_uvd (N, 3), truth_visible (N,) at the last frame; query_labels (N,) frame-0 object ids.
+    """
+    errors = {}
+    for object_id in np.unique(query_labels[query_labels > 0]):
+        points = (query_labels == object_id) & truth_visible
+        errors[int(object_id)] = float(np.median(np.linalg.norm(last_tracks[points, :2] - truth_uvd[points, :2], axis=-1))) if points.any() else float("nan")
+    return errors
