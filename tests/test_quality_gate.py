@@ -37,22 +37,28 @@ def test_tracks_left_behind_float_and_change_colour_and_are_judged_lost():
 
     signals = object_signals(frames, depth, tracks, visible, labels, queries)
 
-    assert signals[1] == {"visible_at_end": 1.0, "floating": 0.0, "colour_change": 0.0}
+    assert signals[1] == {"visible_at_end": 1.0, "floating": 0.0, "hidden_unoccluded": 0.0, "colour_change": 0.0}
     assert signals[2]["floating"] > 0.8  # by the last frame the object moved 10 px: most tracks hang over the floor
     assert signals[2]["colour_change"] > 200  # green at frame 0, blue floor at the end
     assert lost_objects(signals) == {2: ["floating"]}  # colour change is reported, not gated on (GATE_THRESHOLDS)
-    assert lost_objects(signals, GateThresholds(max_floating=1.0, max_colour_change=100.0)) == {2: ["colour_change"]}
+    assert lost_objects(signals, GateThresholds(max_floating=1.0, max_hidden_unoccluded=1.0, max_colour_change=100.0)) == {2: ["colour_change"]}
 
 
-def test_an_object_seen_nowhere_at_the_end_has_no_colour_signal_and_is_not_removed_for_it():
+def test_an_object_called_hidden_where_nothing_hides_it_is_lost_and_one_hidden_for_real_is_kept():
     frames, depth, tracks, visible, labels, queries = scene()
     tracks[:, labels == 2, 0] += 2 * np.arange(FRAMES)[:, None]  # now object 2 is tracked right ...
-    visible[-1, labels == 2] = False  # ... and hidden at the last frame
+    visible[-1, labels == 2] = False  # ... but the tracker says it is hidden at the last frame
 
     signals = object_signals(frames, depth, tracks, visible, labels, queries)
 
     assert np.isnan(signals[2]["colour_change"]) and signals[2]["visible_at_end"] == 0.0
-    assert signals[2]["floating"] < GATE_THRESHOLDS.max_floating and lost_objects(signals) == {}
+    assert signals[2]["floating"] < GATE_THRESHOLDS.max_floating
+    assert signals[2]["hidden_unoccluded"] == 1.0  # the depth map shows each point itself, at its own depth
+    assert lost_objects(signals) == {2: ["hidden_unoccluded"]}
+
+    depth[-1, 15:25, 30:40] = 1.0  # a nearer surface in front of object 2 at the last frame: hidden for real
+    signals = object_signals(frames, depth, tracks, visible, labels, queries)
+    assert signals[2]["hidden_unoccluded"] == 0.0 and lost_objects(signals) == {}
 
 
 class TrackerThatLosesEverything:
