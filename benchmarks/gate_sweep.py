@@ -24,6 +24,7 @@ from pointvid_pipeline.storage.stage_store import StageStore
 GRID = {
     "max_floating": (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 1.0),
     "max_hidden_unoccluded": (0.3, 0.5, 0.7, 0.9, 1.0),
+    "max_recoloured": (0.2, 0.3, 0.4, 0.5, 0.6, 1.0),
     "max_colour_change": (25.0, 30.0, 35.0, 40.0, 45.0, 60.0, 80.0, 1e9),
 }
 

@@ -96,6 +96,22 @@ def test_plane_moved_by_a_known_se3_is_tracked_to_subpixel():
     assert visible[:, on_square].mean() > 0.99  # faces the camera, stays in frame; misses only on its rim
 
 
+def test_a_well_fitted_body_stays_visible_when_its_shading_changes():
+    """From frame 8 the square turns into shade (half as bright): the photometric check alone would call
+    it unseen, but its pose fits explain its matches, so its points stay visible."""
+    frames, depth, labels = render_plane_clip()
+    on_square = depth < BACKGROUND_Z
+    frames[8:][on_square[8:]] //= 2
+    queries = sample_query_points(labels, 80, 0.1, seed=0).astype(np.float32)
+    on_square_queries = labels[queries[:, 1].astype(int), queries[:, 0].astype(int)] == 1
+
+    _, visible = RigidObjectTracker().track(frames, depth, queries, labels, scene_intrinsics())
+    _, visible_photometric_only = RigidObjectTracker(trusted_support=1.01).track(frames, depth, queries, labels, scene_intrinsics())
+
+    assert visible[8:, on_square_queries].mean() > 0.99
+    assert not visible_photometric_only[8:, on_square_queries].any()  # what the gate used to see: hidden where nothing hides it
+
+
 def scene_errors(name: str) -> tuple[dict[int, float], float, float]:
     """Render a default scene; per object the new tracker's median last-frame error (gt-visible points),
     and both trackers' median foreground error over frames 1-15."""

@@ -37,11 +37,30 @@ def test_tracks_left_behind_float_and_change_colour_and_are_judged_lost():
 
     signals = object_signals(frames, depth, tracks, visible, labels, queries)
 
-    assert signals[1] == {"visible_at_end": 1.0, "floating": 0.0, "hidden_unoccluded": 0.0, "colour_change": 0.0}
+    assert signals[1] == {"visible_at_end": 1.0, "floating": 0.0, "hidden_unoccluded": 0.0, "recoloured": 0.0, "colour_change": 0.0}
     assert signals[2]["floating"] > 0.8  # by the last frame the object moved 10 px: most tracks hang over the floor
     assert signals[2]["colour_change"] > 200  # green at frame 0, blue floor at the end
-    assert lost_objects(signals) == {2: ["floating"]}  # colour change is reported, not gated on (GATE_THRESHOLDS)
-    assert lost_objects(signals, GateThresholds(max_floating=1.0, max_hidden_unoccluded=1.0, max_colour_change=100.0)) == {2: ["colour_change"]}
+    assert signals[2]["recoloured"] == 1.0  # every visible track left green for blue
+    assert lost_objects(signals) == {2: ["floating", "recoloured"]}  # colour change is reported, not gated on (GATE_THRESHOLDS)
+    assert lost_objects(signals, GateThresholds(max_floating=1.0, max_hidden_unoccluded=1.0, max_recoloured=1.0, max_colour_change=100.0)) == {2: ["colour_change"]}
+
+
+def test_tracks_on_the_wrong_side_of_a_patterned_object_are_recoloured_and_lost_but_shading_is_not():
+    frames, depth, tracks, visible, labels, queries = scene()
+    frames[:, 5:15, 5:10] = (230, 230, 230)  # object 1: white left half, black right half
+    frames[:, 5:15, 10:15] = (20, 20, 20)
+    mirrored = tracks.copy()
+    mirrored[-1, labels == 1, 0] = 19 - tracks[-1, labels == 1, 0]  # every track ends on the other half: a wrong rotation
+
+    signals = object_signals(frames, depth, mirrored, visible, labels, queries)
+
+    assert signals[1]["floating"] == 0.0 and signals[1]["hidden_unoccluded"] == 0.0  # on the object's own surface, in view
+    assert signals[1]["recoloured"] == 1.0
+    assert lost_objects(signals)[1] == ["recoloured"]
+
+    frames[-1, 5:15, 5:15] = (frames[-1, 5:15, 5:15] * 0.75).astype(np.uint8)  # tracked right, the object turned into shade
+    signals = object_signals(frames, depth, tracks, visible, labels, queries)
+    assert signals[1]["recoloured"] == 0.0 and 1 not in lost_objects(signals)
 
 
 def test_an_object_called_hidden_where_nothing_hides_it_is_lost_and_one_hidden_for_real_is_kept():
@@ -51,7 +70,7 @@ def test_an_object_called_hidden_where_nothing_hides_it_is_lost_and_one_hidden_f
 
     signals = object_signals(frames, depth, tracks, visible, labels, queries)
 
-    assert np.isnan(signals[2]["colour_change"]) and signals[2]["visible_at_end"] == 0.0
+    assert np.isnan(signals[2]["colour_change"]) and np.isnan(signals[2]["recoloured"]) and signals[2]["visible_at_end"] == 0.0
     assert signals[2]["floating"] < GATE_THRESHOLDS.max_floating
     assert signals[2]["hidden_unoccluded"] == 1.0  # the depth map shows each point itself, at its own depth
     assert lost_objects(signals) == {2: ["hidden_unoccluded"]}

@@ -21,12 +21,12 @@ camera does). Each frame, per body:
 
 Visibility is a depth test: a point is visible when it projects inside the frame onto a depth
 within tolerance of its own z (not hidden by another surface, nor turned away), and when its body's
-re-anchored fit at that frame explains at least `min_support` of its matches and frame 0, warped by
-the poses, looks like frame t on the body (after a hard cut, or on frames the flow cannot follow, the
-pose is a guess and nothing is claimed seen). An object whose
-re-anchored fits explain few of its matches (median inlier fraction below `min_rigid_fraction`)
-is not rigid: each of its points then follows the re-anchoring flow on its own, from where the
-predicted pose put it.
+re-anchored fit at that frame explains at least `min_support` of its matches and either explains
+`trusted_support` of them or frame 0, warped by the poses, looks like frame t on the body (after a
+hard cut, or on frames the flow cannot follow, the pose is a guess and nothing is claimed seen).
+An object whose re-anchored fits explain few of its matches (median inlier fraction below
+`min_rigid_fraction`) is not rigid: each of its points then follows the re-anchoring flow on its
+own, from where the predicted pose put it.
 
 Time (one core, 448x256x16): the DIS flows are about 60% of it, the pose fits about 20%.
 """
@@ -148,7 +148,7 @@ class RigidObjectTracker:
     """Tracks query points as rigid bodies (one per reference-mask instance, background included)."""
 
     name = "rigid-se3-dis"
-    version = f"2-opencv{cv2.__version__}"
+    version = f"3-opencv{cv2.__version__}"
 
     preset: str = "fine"  # frame-to-frame flow that predicts each pose (objects fall up to ~20 px/frame)
     anchor_preset: str = "fine"  # flow from warped frame 0 to frame t: residual motion is small, full-resolution patches place it best
@@ -166,6 +166,12 @@ class RigidObjectTracker:
     min_rigid_fraction: float = 0.25  # an object whose fits explain less than this is tracked per point
     min_support: float = 0.1  # a body whose frame-t fit explains less than this of its matches is not seen at t
     max_photometric_error: float = 40.0  # gray levels: median |frame 0 warped by the poses - frame t| over a body
+    # A fit explaining this share of its matches is trusted whatever the photometric check says: a textured cube turning
+    # under the light changes its shading by more than max_photometric_error while its pose is right. Swept 0.2-0.6 and
+    # off on the 70 default + other-seed scenes: 0.4 keeps 4 good objects in view that the quality gate removed as
+    # "hidden where nothing hides them" (gate precision 0.67 / 0.79 -> 0.80 / 0.86 on default / other seeds), recall
+    # unchanged; at 0.2-0.3 recall drops.
+    trusted_support: float = 0.4
     seed: int = 0
 
     def setup(self) -> None:
@@ -236,8 +242,10 @@ class RigidObjectTracker:
                 poses[k] = pose
                 inlier_fractions[k].append(fraction)
             supported[t] = [
-                k in fits and fits[k][1] >= self.min_support and np.median(photometric[label_t == k]) <= self.max_photometric_error for k in bodies
-            ]
+                k in fits and fits[k][1] >= self.min_support
+                and (fits[k][1] >= self.trusted_support or np.median(photometric[label_t == k]) <= self.max_photometric_error)
+                for k in bodies
+            ]  # fmt: skip
             poses_per_frame.append(dict(poses))
 
         tracks = np.empty((count, len(queries), 3), np.float32)
