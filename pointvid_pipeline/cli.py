@@ -43,12 +43,14 @@ def _settings_and_home(args):
 
 
 def register_partitions(instance, partitions: list[str]) -> list[str]:
-    """Add the shard partitions the instance does not know yet; returns the new ones."""
-    from pointvid_pipeline.dagster_defs.assets import clip_shards
+    """Add the shard partitions the instance does not know yet, and the model pool's slots (before any
+    run can race to create them); returns the new partitions."""
+    from pointvid_pipeline.dagster_defs.assets import clip_shards, initialize_model_pool
 
     known = set(instance.get_dynamic_partitions(clip_shards.name))
     new = [p for p in partitions if p not in known]
     instance.add_dynamic_partitions(clip_shards.name, new)
+    initialize_model_pool(instance)
     return new
 
 

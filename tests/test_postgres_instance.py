@@ -204,6 +204,7 @@ def test_both_partitions_have_their_shard_materialized(parallel_runs, instance):
 def test_gpu_pool_runs_one_model_step_at_a_time(instance):
     """dagster.yaml's pool default_limit of 1 holds across the two runs: their model steps never overlap."""
     assert {pool.name: pool.limit for pool in instance.event_log_storage.get_pool_limits()}.get("gpu") == 1
+    assert instance.event_log_storage.get_concurrency_info("gpu").slot_count == 1  # created once, before the runs raced
     intervals = []
     for record in instance.get_run_records():
         entries = instance.all_logs(record.dagster_run.run_id, of_type={DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS})

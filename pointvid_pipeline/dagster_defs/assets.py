@@ -38,6 +38,16 @@ STAGE_DESCRIPTIONS = {
     "pointvid_shards": "One WebDataset tar per partition (mp4, points.npz, mask.png, json per sample) written atomically, with an index; blocking checks on its contents.",
 }
 MODEL_STAGES = {"object_prompts", "reference_masks", "depth", "tracks_3d"}  # run in the `gpu` pool (see README)
+MODEL_POOL = "gpu"
+
+
+def initialize_model_pool(instance) -> None:
+    """Create the `gpu` pool's slots from the instance's default limit now, if it has none yet. Dagster
+    creates them on the first claim, and two runs claiming at once on a fresh instance can each create a
+    slot (seen in CI on Postgres: two model steps overlapping under a limit of 1)."""
+    known = {pool.name for pool in instance.event_log_storage.get_pool_limits()}
+    if MODEL_POOL not in known and instance.global_op_concurrency_default_limit is not None:
+        instance.event_log_storage.initialize_concurrency_limit_to_default(MODEL_POOL)
 STAGE_KINDS = {
     "clips": {"python", "video"},
     "object_prompts": {"python", "text"},
@@ -92,7 +102,7 @@ def _stage_asset(stage: str, upstream: str | None):
         group_name=GROUP,
         kinds=STAGE_KINDS[stage],
         check_specs=check_specs,
-        pool="gpu" if stage in MODEL_STAGES else None,
+        pool=MODEL_POOL if stage in MODEL_STAGES else None,
         required_resource_keys={"pipeline_settings", "object_extractor", "segmenter", "depth_estimator", "point_tracker"},
     )
     def _materialize(context: AssetExecutionContext) -> MaterializeResult:

@@ -9,7 +9,7 @@ from dagster import (
     sensor,
 )
 
-from pointvid_pipeline.dagster_defs.assets import clip_shards
+from pointvid_pipeline.dagster_defs.assets import clip_shards, initialize_model_pool
 from pointvid_pipeline.dagster_defs.resources import PipelineSettingsResource
 from pointvid_pipeline.pipeline import partition_rows
 
@@ -21,6 +21,7 @@ from pointvid_pipeline.pipeline import partition_rows
     default_status=DefaultSensorStatus.RUNNING,
 )
 def clip_shard_partitions(context: SensorEvaluationContext, pipeline_settings: PipelineSettingsResource):
+    initialize_model_pool(context.instance)  # before the runs this sensor leads to can race to create it
     keys = list(partition_rows(pipeline_settings.settings()))
     known = set(context.instance.get_dynamic_partitions(clip_shards.name))
     new = [key for key in keys if key not in known]
