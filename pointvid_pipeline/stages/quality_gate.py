@@ -20,11 +20,13 @@ visibility, the frames and the depth maps), per object, over the object's frame-
 - `colour_change`: median change of colour (sum of |RGB| differences, 0-765) between each visible
   track's frame-0 pixel and its pixel at the last frame.
 
-An object is removed when `floating` or `hidden_unoccluded` (or `colour_change`, when its threshold is
-finite) crosses its threshold; `visible_at_end` and `colour_change` are reported in the sample JSON but
-not gated on with the rigid tracker (the sweep found no threshold on them that helped). `GATE_THRESHOLDS` documents the
-sweep; benchmarks/point_map_quality.py measures the gate's precision and recall against the ground
-truth (failed = median error of its tracks at the last frame above 8 px).
+An object is removed when `floating`, `hidden_unoccluded` or `recoloured` (or `colour_change`, when its
+threshold is finite) crosses its threshold; `visible_at_end` and `colour_change` are reported in the
+sample JSON but not gated on with the rigid tracker (the sweep found no threshold on them that helped).
+`GATE_THRESHOLDS` documents the sweep; benchmarks/point_map_quality.py measures the gate's precision and
+recall against the ground truth (failed = median error of its tracks at the last frame above 8 px).
+The signals are computed on the smoothed tracks the point map is built from, and the thresholds were
+swept on the "rigid-tracks" smoother's output: another smoother needs another sweep.
 """
 
 from __future__ import annotations
