@@ -232,12 +232,19 @@ def nearest_tracked_pixels(tracked_uv: np.ndarray, pixels: np.ndarray, k: int) -
     return index, np.sqrt(squared)
 
 
+def surface_depth(points: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """(T, ...) depth the (T, H, W) depth map shows at each (T, ..., u v d) point's nearest pixel, clamped
+    into the frame (the depth test of the point maps and the quality gate's signals)."""
+    frame_count, height, width = depth.shape
+    rows = np.clip(np.rint(points[..., 1]), 0, height - 1).astype(np.intp)
+    cols = np.clip(np.rint(points[..., 0]), 0, width - 1).astype(np.intp)
+    frames = np.arange(frame_count).reshape((frame_count,) + (1,) * (points.ndim - 2))
+    return depth[frames, rows, cols]
+
+
 def depth_test(points: np.ndarray, depth: np.ndarray, tolerance: float = DEPTH_TOLERANCE) -> np.ndarray:
     """(T, ...) bool: inside the frame and not behind the surface the depth map shows at the nearest pixel."""
-    frame_count, height, width = depth.shape
+    _, height, width = depth.shape
     u, v, d = points[..., 0], points[..., 1], points[..., 2]
     inside = (u > -0.5) & (u < width - 0.5) & (v > -0.5) & (v < height - 0.5)
-    rows = np.clip(np.rint(v), 0, height - 1).astype(np.intp)
-    cols = np.clip(np.rint(u), 0, width - 1).astype(np.intp)
-    frames = np.arange(frame_count).reshape((frame_count,) + (1,) * (points.ndim - 2))
-    return inside & (d <= depth[frames, rows, cols] * (1 + tolerance))
+    return inside & (d <= surface_depth(points, depth) * (1 + tolerance))

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from pointvid_pipeline.stages.point_maps import DEPTH_TOLERANCE
+from pointvid_pipeline.stages.point_maps import DEPTH_TOLERANCE, surface_depth
 
 RECOLOUR_LEVELS = 200  # sum of |RGB| differences (0-765) above which a track's pixel has changed colour
 
@@ -68,13 +68,13 @@ GATE_THRESHOLDS = GateThresholds(max_floating=0.2, max_hidden_unoccluded=0.7, ma
 def object_signals(frames: np.ndarray, depth: np.ndarray, tracks_uvd: np.ndarray, visibility: np.ndarray, query_labels: np.ndarray, query_uv: np.ndarray) -> dict[int, dict[str, float]]:
     """Object id -> its signals, from (T, N, 3) tracks, (T, N) visibility and each query's frame-0 label and pixel."""
     frame_count, height, width = depth.shape
-    cols = np.clip(np.rint(tracks_uvd[..., 0]), 0, width - 1).astype(np.intp)
-    rows = np.clip(np.rint(tracks_uvd[..., 1]), 0, height - 1).astype(np.intp)
-    surface = depth[np.arange(frame_count)[:, None], rows, cols]
-    in_front = tracks_uvd[..., 2] < surface * (1 - DEPTH_TOLERANCE)  # (T, N)
+    surface = surface_depth(tracks_uvd, depth)  # (T, N)
+    in_front = tracks_uvd[..., 2] < surface * (1 - DEPTH_TOLERANCE)
     on_surface_at_end = np.abs(tracks_uvd[-1, :, 2] - surface[-1]) <= DEPTH_TOLERANCE * surface[-1]
     start_colour = frames[0, query_uv[:, 1], query_uv[:, 0]].astype(np.int32)
-    end_colour = frames[-1, rows[-1], cols[-1]].astype(np.int32)
+    end_col = np.clip(np.rint(tracks_uvd[-1, :, 0]), 0, width - 1).astype(np.intp)
+    end_row = np.clip(np.rint(tracks_uvd[-1, :, 1]), 0, height - 1).astype(np.intp)
+    end_colour = frames[-1, end_row, end_col].astype(np.int32)
     colour_change = np.abs(end_colour - start_colour).sum(axis=-1)
     signals = {}
     for object_id in np.unique(query_labels[query_labels > 0]):
