@@ -39,26 +39,39 @@ def mean_abs_acceleration(uvd: np.ndarray) -> float:
 
 
 def stage_track_rows(data_dir: Path, partitions: list[str]) -> list[dict]:
-    """Per synthetic sample: foreground query tracks raw (tracks_3d) and smoothed, against ground truth,
-    and the mean |acceleration| of each beside the ground truth's own."""
+    """Per synthetic sample and scope: foreground query tracks raw (tracks_3d) and smoothed, against ground
+    truth, and the mean |acceleration| of each beside the ground truth's own.
+
+    Scope "all": every foreground track the smoother saw, lost objects included. Scope "shipped": the tracks
+    of the objects the quality gate kept, in samples that reached the point map: the ones whose smoothing
+    a consumer of the shards gets (a lost object's tracks jump, and no smoother makes them right).
+    """
     store = StageStore(data_dir / "stages")
     rows = []
     for partition in partitions:
         index = store.read_index_if_present("smoothed_tracks", partition)
+        gated = store.read_index_if_present("point_maps", partition)
         for key, meta in (index.accepted.items() if index else ()):
             if not meta["synthetic"]:
                 continue
             clip = store.read_arrays("clips", partition, key)
             u, v = store.read_arrays("query_points", partition, key)["queries"].T
-            foreground = store.read_arrays("reference_masks", partition, key)["labels"][v, u] > 0
-            truth_uvd = clip["truth_track_uvd"][:, v[foreground], u[foreground]]
-            truth_visible = clip["truth_track_visible"][:, v[foreground], u[foreground]]
-            row = {"key": key, "truth_acceleration_px": mean_abs_acceleration(truth_uvd)}
-            for variant, stage in (("raw", "tracks_3d"), ("smoothed", "smoothed_tracks")):
-                tracks = store.read_arrays(stage, partition, key)["tracks"][:, foreground]
-                row.update({f"{variant}_{name}": value for name, value in track_error_stats(tracks, truth_uvd, truth_visible).items()})
-                row[f"{variant}_acceleration_px"] = mean_abs_acceleration(tracks)
-            rows.append(row)
+            labels = store.read_arrays("reference_masks", partition, key)["labels"][v, u]
+            scopes = {"all": labels > 0}
+            if gated and key in gated.accepted:
+                removed = [g["object_id"] for g in gated.accepted[key].get("gate", {}).get("removed", [])]
+                scopes["shipped"] = (labels > 0) & ~np.isin(labels, removed)
+            arrays = {variant: store.read_arrays(stage, partition, key)["tracks"] for variant, stage in (("raw", "tracks_3d"), ("smoothed", "smoothed_tracks"))}
+            for scope, points in scopes.items():
+                if not points.any():
+                    continue
+                truth_uvd = clip["truth_track_uvd"][:, v[points], u[points]]
+                truth_visible = clip["truth_track_visible"][:, v[points], u[points]]
+                row = {"key": key, "scope": scope, "truth_acceleration_px": mean_abs_acceleration(truth_uvd)}
+                for variant, tracks in arrays.items():
+                    row.update({f"{variant}_{name}": value for name, value in track_error_stats(tracks[:, points], truth_uvd, truth_visible).items()})
+                    row[f"{variant}_acceleration_px"] = mean_abs_acceleration(tracks[:, points])
+                rows.append(row)
     return rows
 
 
