@@ -264,10 +264,13 @@ def _point_maps(sample: Sample, settings: PipelineSettings, backends: StageBacke
     if not valid.any():
         raise SampleRejected(RejectionReason.track_failure, "every object's tracks were judged lost: " + "; ".join(f"{r['object']} ({', '.join(r['reasons'])})" for r in removed))
     height, width = valid.shape
-    # Tracks that leave the frame are held at its border (and marked not visible): the schema promises in-frame (u, v).
-    uvd[..., 0] = np.clip(uvd[..., 0], 0, width - 1)
-    uvd[..., 1] = np.clip(uvd[..., 1], 0, height - 1)
-    uvd[:, ~valid] = 0
+    # What ships: float16, exactly 0 off `valid`, and tracks that leave the frame held at its border (and marked not
+    # visible): the schema promises in-frame (u, v). Only the valid pixels are touched (a third of the frame or less).
+    points = uvd[:, valid]
+    np.clip(points[..., 0], 0, width - 1, out=points[..., 0])
+    np.clip(points[..., 1], 0, height - 1, out=points[..., 1])
+    shipped = np.zeros(uvd.shape, np.float16)
+    shipped[:, valid] = points
     point_map.visible[:, ~valid] = False
     stats = {
         "foreground_pixels": int(valid.sum()),
@@ -277,7 +280,7 @@ def _point_maps(sample: Sample, settings: PipelineSettings, backends: StageBacke
     }
     gate = {"thresholds": thresholds_json(), "signals": {str(k): v for k, v in signals.items()}, "removed": removed}
     meta = {"densification": settings.densification, "gate": gate, "backends": {"point_maps": f"{settings.densification}-kdtree-gate@{__version__}"}}
-    arrays = {"uvd": uvd.astype(np.float16), "valid": valid, "tracked": point_map.tracked & valid, "visible": point_map.visible}
+    arrays = {"uvd": shipped, "valid": valid, "tracked": point_map.tracked & valid, "visible": point_map.visible}
     return arrays, _with_stats(meta, "point_maps", stats)
 
 

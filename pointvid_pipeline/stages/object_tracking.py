@@ -71,7 +71,10 @@ def fit_pose_ransac(
         if inliers.sum() < 3:
             break
         pose = rigid_fit(src[inliers], dst[inliers])
-        inliers = pixel_residual(pose, src, dst, focal) < inlier_px
+        refitted = pixel_residual(pose, src, dst, focal) < inlier_px
+        if np.array_equal(refitted, inliers):
+            break  # converged: another refit on the same inliers would give the same pose
+        inliers = refitted
     return pose, inliers
 
 
@@ -182,6 +185,7 @@ class RigidObjectTracker:
     ) -> tuple[np.ndarray, np.ndarray]:
         """frames (T,H,W,3) u8, depth (T,H,W) metres, queries (N,2) (u,v) on frame 0, labels (H,W) frame-0
         instances (0 = background), intrinsics K -> tracks (T,N,3) (u,v,z) float32, visibility (T,N) bool."""
+        frames, depth, labels = np.asarray(frames), np.asarray(depth), np.asarray(labels)  # plain arrays: indexing stage files' memmaps costs ~25 ms a clip
         count, height, width = frames.shape[:3]
         shape = (height, width)
         rng = np.random.default_rng(self.seed)

@@ -187,10 +187,16 @@ def _densify_displacements(tracks_uvd, track_visible, query_uv, labels, depth, i
         weights /= weights.sum(axis=1, keepdims=True)
         rotations = rigid_fit(np.broadcast_to(track_xyz[:1, members], track_xyz[:, members].shape), track_xyz[:, members])[:, :3, :3] if len(members) >= 3 else np.eye(3)[None]
         start = unproject(np.stack([pixel_u, pixel_v, depth[0, pixel_v, pixel_u]], axis=1).astype(np.float64), intrinsics)
-        offset = start - np.einsum("mk,mkc->mc", weights, track_xyz[0, neighbours])  # (M, 3) from the neighbours' centre
-        xyz = np.einsum("mk,tmkc->tmc", weights, track_xyz[:, neighbours]) + np.einsum("tij,mj->tmi", rotations, offset)
+        # Weighted sums over the k neighbours one neighbour at a time: (T, M, 3) arrays, never a (T, M, k, 3) gather.
+        centre = np.zeros((frame_count, len(pixel_v), 3))
+        support = np.zeros((frame_count, len(pixel_v)))
+        for j in range(neighbours.shape[1]):
+            centre += weights[:, j, None] * track_xyz[:, neighbours[:, j]]
+            support += weights[:, j] * visible_tracks[:, neighbours[:, j]]
+        offset = start - centre[0]  # (M, 3) from the neighbours' centre at frame 0
+        xyz = centre + offset @ rotations.transpose(0, 2, 1)
         points = project(xyz, intrinsics)
-        seen = np.einsum("mk,tmk->tm", weights, visible_tracks[:, neighbours]) >= 0.5
+        seen = support >= 0.5
         point_map.uvd[:, pixel_v, pixel_u] = points
         point_map.visible[:, pixel_v, pixel_u] = seen & depth_test(points, depth, depth_tolerance)
         point_map.valid[pixel_v, pixel_u] = True
@@ -218,7 +224,7 @@ def nearest_tracked_pixels(tracked_uv: np.ndarray, pixels: np.ndarray, k: int) -
     tree = cKDTree(tracked_uv)
     index = np.empty((len(pixels), k), np.int64)
     squared = np.empty((len(pixels), k), np.int64)
-    rows, extra = np.arange(len(pixels)), 8
+    rows, extra = np.arange(len(pixels)), 2
     while len(rows):
         candidates = min(k + extra, len(tracked_uv))
         _, found = tree.query(pixels[rows], k=candidates)

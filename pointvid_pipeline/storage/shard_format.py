@@ -33,6 +33,8 @@ SCHEMA_VERSION = "1.1"
 READABLE_SCHEMA_VERSIONS = ("1.0", "1.1")
 MEMBER_SUFFIXES = ("mp4", "points.npz", "mask.png", "json")
 MP4_CRF = 18
+MP4_PRESET = "superfast"  # against "veryfast": 25-40 % more mp4 bytes at the same CRF, about 25 ms less per clip
+NPZ_COMPRESSLEVEL = 1  # zlib level: float16 point maps deflate poorly at any level; 1 is ~10 % bigger than 6 and ~40 ms faster per clip
 
 
 def encode_mp4(frames: np.ndarray, fps: float) -> bytes:
@@ -40,7 +42,7 @@ def encode_mp4(frames: np.ndarray, fps: float) -> bytes:
     on, this x264 build gives different bytes for the same frames from one call to the next."""
     buffer = io.BytesIO()
     with av.open(buffer, "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=int(round(fps)), options={"crf": str(MP4_CRF), "preset": "veryfast", "x264-params": "mbtree=0"})
+        stream = container.add_stream("libx264", rate=int(round(fps)), options={"crf": str(MP4_CRF), "preset": MP4_PRESET, "x264-params": "mbtree=0"})
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         stream.codec_context.thread_count = 1
         for frame in frames:
@@ -50,7 +52,7 @@ def encode_mp4(frames: np.ndarray, fps: float) -> bytes:
 
 
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """np.savez_compressed, but with fixed zip timestamps (numpy stamps the current time)."""
+    """np.savez_compressed, but with fixed zip timestamps (numpy stamps the current time) and a faster zlib level."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name, array in arrays.items():
@@ -58,7 +60,7 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
             np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, member.getvalue())
+            archive.writestr(info, member.getvalue(), compresslevel=NPZ_COMPRESSLEVEL)
     return buffer.getvalue()
 
 
@@ -146,19 +148,22 @@ def verify_shard(path, index: dict, expected_keys: list[str]) -> dict[str, tuple
     }
     bad = {name: [] for name in ("no_nan", "uv_inside_frame", "depth_positive_on_foreground", "background_exactly_zero")}
     for key, members in samples.items():
-        points = load_points(members["points.npz"])
-        uvd, valid = points["uvd"].astype(np.float32), points["valid"]
+        with np.load(io.BytesIO(members["points.npz"])) as npz:  # uvd and valid only: the checks need no visibility
+            uvd, valid = npz["uvd"], npz["valid"]
         _, height, width, _ = uvd.shape
-        foreground = uvd[:, valid]
-        if not np.isfinite(uvd).all():
+        # Whole-map checks on the float16 bit patterns (numpy has no fast float16 arithmetic): exponent all ones
+        # is NaN or infinity, and only +0 and -0 have every bit but the sign clear.
+        bits = uvd.view(np.uint16)
+        if ((bits & 0x7C00) == 0x7C00).any():
             bad["no_nan"].append(key)
+        if (bits[:, ~valid] & 0x7FFF).any():
+            bad["background_exactly_zero"].append(key)
+        foreground = uvd[:, valid].astype(np.float32)
         u, v = foreground[..., 0], foreground[..., 1]
         if ((u < 0) | (u > width - 1) | (v < 0) | (v > height - 1)).any():
             bad["uv_inside_frame"].append(key)
         if not (foreground[..., 2] > 0).all():
             bad["depth_positive_on_foreground"].append(key)
-        if (uvd[:, ~valid] != 0).any():
-            bad["background_exactly_zero"].append(key)
     for name, keys in bad.items():
         results[name] = (not keys, f"failing samples: {keys}" if keys else f"all {len(samples)} samples pass")
     return results
