@@ -139,3 +139,31 @@ def test_unpadded_prediction_lies_on_the_source_pixel_grid():
     np.testing.assert_allclose(recovered, np.stack([u, v]), atol=0.25)
     interior = (slice(None), slice(3, -3), slice(3, -3))
     np.testing.assert_allclose(recovered[interior], np.stack([u, v])[interior], atol=0.1)
+
+
+def on_bfloat16_grid(values: torch.Tensor) -> torch.Tensor:
+    """True where a float32 value is exactly representable in bfloat16 (8 significant bits)."""
+    return values.to(torch.bfloat16).float() == values
+
+
+def test_depth_stays_float32_when_the_runtime_asks_for_bfloat16(tiny_model_dir, monkeypatch):
+    """bf16 would snap metric depth to 3 cm steps at 4-8 m and 25 cm at 32-64 m before upsampling."""
+    monkeypatch.setenv(MODEL_ENV, str(tiny_model_dir))
+    monkeypatch.setenv("POINTVID_DEVICE", "cpu")
+    clip = Clip(key="c0", frames=random_frames(4, seed=3), caption="a ball", intrinsics=default_intrinsics())
+    depth_by_runtime, predicted_by_runtime = {}, {}
+    for runtime_dtype in ("float32", "bfloat16"):
+        monkeypatch.setenv("POINTVID_DTYPE", runtime_dtype)
+        estimator = create_backend("depth_estimator", "zoedepth")
+        assert {p.dtype for p in estimator.model.parameters()} == {torch.float32}
+        handle = estimator.model.register_forward_hook(
+            lambda module, args, output: predicted_by_runtime.__setitem__(runtime_dtype, output.predicted_depth))
+        try:
+            depth_by_runtime[runtime_dtype] = estimator.estimate(clip)
+        finally:
+            handle.remove()
+
+    predicted = predicted_by_runtime["bfloat16"]
+    assert predicted.dtype == torch.float32
+    assert on_bfloat16_grid(predicted).float().mean() < 0.01  # a float32 value lands on the bf16 grid ~1 in 65536
+    np.testing.assert_array_equal(depth_by_runtime["bfloat16"], depth_by_runtime["float32"])

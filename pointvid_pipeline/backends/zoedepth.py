@@ -20,6 +20,10 @@ below it; depth must stay > 0). Against the align_corners=True input resize this
 `preprocessor_config.json` when it has one, else ZoeDepth's defaults (384x512, multiple of 32,
 mean = std = 0.5, reflect padding on).
 
+The model always runs in float32, whatever `POINTVID_DTYPE` says: bfloat16's 8 significant bits
+would snap metric depth to 3 cm steps at 4-8 m and 25 cm at 32-64 m before the upsampling, and
+float16 can overflow inside the network.
+
 All frames of a clip go through the model in ONE forward pass: the NYU/KITTI metric head is voted
 once per batch, so a clip's frames share one head (and one metric scale). Clips are never batched
 together, so one clip's content never chooses another clip's head.
@@ -176,13 +180,14 @@ class ZoeDepthEstimator:
         return cls(os.environ.get(MODEL_ENV) or DEFAULT_MODEL)
 
     def setup(self) -> None:
+        import torch
         from transformers import ZoeDepthForDepthEstimation
 
-        from pointvid_pipeline.backends.torch_runtime import resolve_device, resolve_dtype
+        from pointvid_pipeline.backends.torch_runtime import resolve_device
 
         source = self._model_source()
         self.device = resolve_device()
-        self.dtype = resolve_dtype(self.device)
+        self.dtype = torch.float32  # not resolve_dtype: see the module docstring
         try:
             model = ZoeDepthForDepthEstimation.from_pretrained(source, dtype=self.dtype)
         except OSError as exc:
