@@ -10,9 +10,10 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import torch
 from tiny_qwen2 import save_tiny_qwen2
 
-from pointvid_pipeline.backends.llm import UnusableAnswer, grounded_objects
+from pointvid_pipeline.backends.llm import MAX_ANSWER_TOKENS, PROMPT_PATH, UnusableAnswer, grounded_objects
 from pointvid_pipeline.backends.registry import create_backend
 from pointvid_pipeline.rejections import BackendUnavailable
 from pointvid_pipeline.stages.object_prompts import LexicalObjectExtractor
@@ -265,6 +266,57 @@ def test_transformers_backend_end_to_end_falls_back_on_garbage(tiny_qwen2_dir, m
         assert result.names == lexical.extract([caption])[0].names
         reason = result.source.removeprefix(lexical_source(lexical)).removesuffix(")")
         assert reason in ("malformed answer", "answer not grounded in the caption", "answer names no object"), result.source
+
+
+def chat_turn(caption_in_prompt: str) -> str:
+    """What the tiny model's chat template renders for one caption, plus the pre-filled answer start, by hand."""
+    prompt = PROMPT_PATH.read_text().replace("{caption}", caption_in_prompt).strip()
+    return f'<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n{{"objects": ['
+
+
+def test_transformers_backend_decodes_exactly_the_scripted_continuation(tiny_qwen2_dir, monkeypatch):
+    """generate is scripted: its input must be the chat-templated, pre-filled, left-padded prompts, and
+    only the tokens it appends may be decoded into the answer."""
+    monkeypatch.setenv("POINTVID_LLM_LOCAL_MODEL", str(tiny_qwen2_dir))
+    monkeypatch.setenv("POINTVID_LLM_BATCH_SIZE", "2")
+    monkeypatch.setenv("POINTVID_DEVICE", "cpu")
+    extractor = create_backend("object_extractor", "llm-transformers")
+    tokenizer = extractor._tokenizer
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    script = {  # caption -> (caption as the prompt must show it, scripted continuation)
+        "Dogs run": ("Dogs run", '"dogs"]}'),
+        "<synthetic> A yellow duck and a small red cube drop onto a checkered floor.":
+            ("A yellow duck and a small red cube drop onto a checkered floor.", '"yellow duck", "red cube", "floor"]}'),
+        "A man swinging a baseball bat in a studio": ("A man swinging a baseball bat in a studio", '"man", "baseball bat"]}'),
+    }
+    turn_ids = {caption: tokenizer(chat_turn(shown), add_special_tokens=False)["input_ids"] for caption, (shown, _) in script.items()}
+    calls = []
+
+    def scripted_generate(input_ids, attention_mask, **kwargs):
+        assert kwargs == {"max_new_tokens": MAX_ANSWER_TOKENS, "do_sample": False, "pad_token_id": pad}
+        batch = list(script)[2 * len(calls):2 * len(calls) + 2]
+        calls.append(input_ids.shape)
+        width = max(len(turn_ids[caption]) for caption in batch)
+        new_tokens = []
+        for row, caption in enumerate(batch):
+            padding = width - len(turn_ids[caption])
+            assert input_ids[row].tolist() == [pad] * padding + turn_ids[caption]  # left padding, then the exact turn
+            assert attention_mask[row].tolist() == [0] * padding + [1] * len(turn_ids[caption])
+            new_tokens.append(tokenizer(script[caption][1], add_special_tokens=False)["input_ids"] + [eos])
+        longest = max(map(len, new_tokens))
+        appended = torch.tensor([tokens + [pad] * (longest - len(tokens)) for tokens in new_tokens])  # finished rows pad
+        return torch.cat([input_ids, appended], dim=1)
+
+    monkeypatch.setattr(extractor._model, "generate", scripted_generate)
+    captions = list(script)
+    assert extractor._generate(captions[:2]) == [extractor.answer_prefix + script[c][1] for c in captions[:2]]
+    calls.clear()
+    results = extractor.extract(captions)
+
+    assert [tuple(shape) for shape in calls] == [(2, len(turn_ids[captions[1]])), (1, len(turn_ids[captions[2]]))]
+    assert len(turn_ids[captions[0]]) < len(turn_ids[captions[1]])  # the first batch really needs padding
+    assert [r.names for r in results] == [["dogs"], ["yellow duck", "red cube", "floor"], ["man", "baseball bat"]]
+    assert [r.source for r in results] == ["", "", ""]  # the model's answers, no fallback
 
 
 def test_transformers_backend_missing_model_names_the_env_var(tmp_path, monkeypatch):
