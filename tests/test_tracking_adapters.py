@@ -8,7 +8,11 @@ contract and configuration errors. Only the fakes stand in for upstream; the ada
 
 from __future__ import annotations
 
+import argparse
+import shlex
+import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +24,7 @@ from pointvid_pipeline.backends.trackers import (
     CoTracker3Tracker,
     SpaTrackerTracker,
     checkout_commit,
+    weights_only_command,
 )
 from pointvid_pipeline.clip import FRAME_COUNT, FRAME_HEIGHT, FRAME_WIDTH
 from pointvid_pipeline.rejections import BackendUnavailable
@@ -47,7 +52,14 @@ def save_checkpoint(path: Path, wrapped: bool = False) -> Path:
     return path
 
 
+SPATRACKER_IMPORTS = ("torchvision", "timm", "cupy")  # what the fake imports because upstream does
+
+
 def spatracker_env(monkeypatch, tmp_path: Path) -> None:
+    """The fake checkout and checkpoint, CPU allowed; empty modules stand in for SpaTracker's import-time
+    dependencies, which this machine lacks (no torchvision imports beside this torch)."""
+    for name in SPATRACKER_IMPORTS:
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     monkeypatch.setenv("POINTVID_SPATRACKER_DIR", str(SPATRACKER_CHECKOUT))
     monkeypatch.setenv("POINTVID_SPATRACKER_CHECKPOINT", str(save_checkpoint(tmp_path / "spaT_final.pth")))
     monkeypatch.setenv("POINTVID_SPATRACKER_ALLOW_CPU_FOR_TESTS", "1")
@@ -206,13 +218,18 @@ def test_cotracker_folder_without_hubconf_is_unavailable(monkeypatch, tmp_path):
         create_backend("point_tracker", "cotracker3")
 
 
+def forget_imported_checkout(monkeypatch) -> None:
+    """Drop the fake's `models` package imported by earlier tests, so the next setup imports it again."""
+    for module in [name for name in sys.modules if name == "models" or name.startswith("models.")]:
+        monkeypatch.delitem(sys.modules, module)
+
+
 def test_spatracker_folder_that_is_not_a_checkout_is_unavailable(monkeypatch, tmp_path):
     spatracker_env(monkeypatch, tmp_path)
     empty_checkout = tmp_path / "not-spatracker"
     empty_checkout.mkdir()
     monkeypatch.setenv("POINTVID_SPATRACKER_DIR", str(empty_checkout))
-    for module in [name for name in sys.modules if name == "models" or name.startswith("models.")]:
-        monkeypatch.delitem(sys.modules, module)  # forget the fake imported by earlier tests
+    forget_imported_checkout(monkeypatch)
     with pytest.raises(BackendUnavailable, match="cannot import models.spatracker.predictor"):
         create_backend("point_tracker", "spatracker")
 
@@ -281,3 +298,73 @@ def test_fake_spatracker_rejects_what_upstream_would_not_take(monkeypatch, tmp_p
     video, depth_tensor, query_tensor = bad_call(video, depth_tensor, query_tensor)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         tracker.predictor(video, video_depth=depth_tensor, queries=query_tensor, grid_size=0)
+
+
+@pytest.mark.parametrize("module, install", [("torchvision", "torchvision"), ("timm", "timm"), ("cupy", "cupy-cuda12x")])
+def test_spatracker_missing_dependency_names_what_to_install(monkeypatch, tmp_path, module, install):
+    spatracker_env(monkeypatch, tmp_path)
+    forget_imported_checkout(monkeypatch)
+    monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ModuleNotFoundError, as when absent
+    with pytest.raises(BackendUnavailable) as error:
+        create_backend("point_tracker", "spatracker")
+    message = str(error.value)
+    assert f"SpaTracker's code imports {module!r}, which is missing" in message
+    assert f"install {install}, or all it needs: pip install torch==2.14.1 torchvision==0.29.1 timm" in message
+
+
+def test_spatracker_with_torchvision_built_for_another_torch_is_unavailable(monkeypatch, tmp_path):
+    """Such a torchvision fails at import with RuntimeError (its C++ operators do not register), not ImportError."""
+    spatracker_env(monkeypatch, tmp_path)
+    forget_imported_checkout(monkeypatch)
+    site = tmp_path / "site-packages"
+    (site / "torchvision").mkdir(parents=True)
+    (site / "torchvision" / "__init__.py").write_text('raise RuntimeError("operator torchvision::nms does not exist")\n')
+    monkeypatch.delitem(sys.modules, "torchvision")
+    sys.path.insert(0, str(site))
+    with pytest.raises(BackendUnavailable) as error:
+        create_backend("point_tracker", "spatracker")
+    message = str(error.value)
+    assert "RuntimeError (operator torchvision::nms does not exist)" in message
+    assert f"torch {torch.__version__}, torchvision not installed as a distribution" in message
+    assert "pip install torch==2.14.1 torchvision==0.29.1" in message
+
+
+def test_spatracker_checkpoint_that_weights_only_load_refuses_gets_a_working_fix(monkeypatch, tmp_path):
+    """Training checkpoints pickle more than tensors (here the run's arguments); torch >= 2.6 refuses them
+    by default. The command the error gives must produce a file that then loads."""
+    spatracker_env(monkeypatch, tmp_path)
+    checkpoint = tmp_path / "spaT_final.pth"
+    torch.save({"model": {"velocity": torch.from_numpy(VELOCITY)}, "args": argparse.Namespace(lr=5e-4)}, checkpoint)
+    with pytest.raises(BackendUnavailable) as error:
+        create_backend("point_tracker", "spatracker")
+    message = str(error.value)
+    command = weights_only_command(checkpoint)
+    assert "weights_only=True" in message and f"`{shlex.join(command)}`" in message
+
+    subprocess.run([sys.executable, *command[1:]], check=True, timeout=120)
+    monkeypatch.setenv("POINTVID_SPATRACKER_CHECKPOINT", command[-1])
+    tracker = create_backend("point_tracker", "spatracker")
+    frames, depth, queries = clip_inputs()
+    assert_contract(*tracker.track(frames, depth, queries), depth, queries)
+
+
+def test_spatracker_on_a_cuda_index_other_than_0_is_unavailable(monkeypatch, tmp_path):
+    """Upstream puts tensors on "cuda" (cuda:0) itself: cuda:1 would split the model across GPUs."""
+    spatracker_env(monkeypatch, tmp_path)
+    monkeypatch.delenv("POINTVID_SPATRACKER_ALLOW_CPU_FOR_TESTS")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a machine with two GPUs
+    monkeypatch.setenv("POINTVID_DEVICE", "cuda:1")
+    with pytest.raises(BackendUnavailable, match="CUDA_VISIBLE_DEVICES=1 and POINTVID_DEVICE=cuda"):
+        create_backend("point_tracker", "spatracker")
+
+
+def test_spatracker_where_cuda_cannot_hold_a_tensor_is_unavailable(monkeypatch, tmp_path):
+    """torch reporting a GPU it cannot use must fail before upstream's hard-coded .cuda() calls do."""
+    spatracker_env(monkeypatch, tmp_path)
+    monkeypatch.delenv("POINTVID_SPATRACKER_ALLOW_CPU_FOR_TESTS")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # this CPU-only torch then refuses the tensor
+    with pytest.raises(BackendUnavailable) as error:
+        create_backend("point_tracker", "spatracker")
+    message = str(error.value)
+    assert "cannot put a tensor on 'cuda'" in message and "Torch not compiled with CUDA enabled" in message
+    assert "cotracker3" in message

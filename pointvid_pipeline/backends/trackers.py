@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import inspect
 import os
+import pickle
+import shlex
 import sys
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +33,15 @@ SPATRACKER_CHECKPOINT_HELP = (
     "download spaT_final.pth from the Google Drive folder linked in the README's 'Data' section "
     "(https://drive.google.com/drive/folders/1UtzUJLPhJdUg2XvemXXz1oe6KUQKVjsZ)"
 )
+# What SpaTracker's code imports at import time beyond torch (torchvision, timm, cupy, ...): its
+# requirements.txt pins opencv-python (which clashes with our opencv-python-headless) and cupy
+# (an sdist that compiles), so these are the installable equivalents; torchvision must be the one
+# built for the installed torch.
+SPATRACKER_INSTALL = (
+    "pip install torch==2.14.1 torchvision==0.29.1 timm==0.6.7 einops easydict scikit-learn matplotlib "
+    "cupy-cuda12x (torchvision paired with torch; cupy-cuda13x for a CUDA 13 torch; see docs/paper_profile.md)"
+)
+PIP_NAMES = {"cupy": "cupy-cuda12x", "cv2": "opencv-python-headless", "sklearn": "scikit-learn"}
 COTRACKER_REPOSITORY = "https://github.com/facebookresearch/co-tracker"
 COTRACKER_CHECKPOINT_HELP = (
     "download the offline model as the README says: "
@@ -97,6 +109,69 @@ def require_from_checkout(obj: object, checkout: Path, env_var: str) -> None:
         )
 
 
+def installed_version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "not installed as a distribution"
+
+
+def import_spatracker_predictor(checkout: Path):
+    """`SpaTrackerPredictor` from the checkout; each way its import-time dependencies fail is BackendUnavailable."""
+    import torch
+
+    where = f"cannot import models.spatracker.predictor from POINTVID_SPATRACKER_DIR={checkout}"
+    try:
+        from models.spatracker.predictor import SpaTrackerPredictor
+    except ImportError as exc:
+        missing = (exc.name or "").partition(".")[0]
+        if missing and not (checkout / missing).exists():
+            raise BackendUnavailable(
+                f"{where}: SpaTracker's code imports {missing!r}, which is missing ({exc}); install "
+                f"{PIP_NAMES.get(missing, missing)}, or all it needs: {SPATRACKER_INSTALL}"
+            ) from exc
+        raise BackendUnavailable(
+            f"{where} ({exc}); is it a checkout of {SPATRACKER_REPOSITORY}? Its dependencies: {SPATRACKER_INSTALL}"
+        ) from exc
+    except RuntimeError as exc:  # a torchvision built for another torch fails with RuntimeError, not ImportError
+        raise BackendUnavailable(
+            f"{where}: RuntimeError ({exc}), which is what a torchvision built for another torch raises "
+            f"(torch {torch.__version__}, torchvision {installed_version('torchvision')}); install the pair: {SPATRACKER_INSTALL}"
+        ) from exc
+    return SpaTrackerPredictor
+
+
+def weights_only_command(checkpoint: Path) -> list[str]:
+    """A command that saves a checkpoint's tensors alone, so `torch.load(weights_only=True)` accepts the copy.
+
+    It unpickles the original with weights_only=False: run it only on a file from a trusted source.
+    """
+    script = ('import sys, torch; c = torch.load(sys.argv[1], map_location="cpu", weights_only=False); '
+              'w = c.get("model", c); torch.save({"model": {k: v for k, v in w.items() if torch.is_tensor(v)}}, sys.argv[2])')
+    return ["python", "-c", script, str(checkpoint), str(checkpoint.with_name(f"{checkpoint.stem}_weights_only.pth"))]
+
+
+def check_spatracker_cuda(device: str) -> None:
+    """SpaTracker's code puts tensors on "cuda" itself (the current device, cuda:0), so only that device
+    works, and it must really hold tensors (torch can see a GPU whose driver it cannot use)."""
+    import torch
+
+    index = torch.device(device).index
+    if index not in (None, 0):
+        raise BackendUnavailable(
+            f"POINTVID_DEVICE={device}, but SpaTracker's code places tensors on 'cuda' (cuda:0) itself and would "
+            f"split the model across GPUs; run with CUDA_VISIBLE_DEVICES={index} and POINTVID_DEVICE=cuda instead"
+        )
+    try:
+        torch.zeros(1, device=device)
+    except (AssertionError, RuntimeError) as exc:  # a CPU-only torch asserts; a driver mismatch raises RuntimeError
+        raise BackendUnavailable(
+            f"SpaTracker needs a working CUDA device, but torch {torch.__version__} (CUDA {torch.version.cuda}) cannot "
+            f"put a tensor on {device!r} ({exc}); install a CUDA build of torch that matches the driver "
+            f"({SPATRACKER_INSTALL}) or use POINTVID_POINT_TRACKER_BACKEND=cotracker3"
+        ) from exc
+
+
 def finish_tracks(uv: np.ndarray, z: np.ndarray, visible: np.ndarray, queries: np.ndarray,
                   depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Apply the PointTracker output contract to raw upstream output.
@@ -147,7 +222,8 @@ class SpaTrackerTracker:
     was run at in the demo. `window_length` is the demo's S (8, 12 or 16), passed both as the model's
     seq_length and the call's wind_length like the demo does.
 
-    CUDA only: the model's splatting kernel is written in cupy. `allow_cpu_for_tests` exists only so
+    CUDA only: the model's splatting kernel is written in cupy, and its code puts tensors on "cuda"
+    itself, so only cuda:0 works (select another GPU with CUDA_VISIBLE_DEVICES). `allow_cpu_for_tests` exists only so
     the adapter's own tests can run it against a fake checkout on a CPU-only machine.
     """
 
@@ -188,17 +264,20 @@ class SpaTrackerTracker:
             self.checkpoint, "POINTVID_SPATRACKER_CHECKPOINT", "the SpaTracker checkpoint file",
             f"In the checkout of {SPATRACKER_REPOSITORY}, {SPATRACKER_CHECKPOINT_HELP}.",
         )
+        if self.device.startswith("cuda"):
+            check_spatracker_cuda(self.device)
         add_checkout_to_path(checkout)
-        try:
-            from models.spatracker.predictor import SpaTrackerPredictor
-        except ImportError as exc:
-            raise BackendUnavailable(
-                f"cannot import models.spatracker.predictor from POINTVID_SPATRACKER_DIR={checkout} ({exc}); "
-                f"is it a checkout of {SPATRACKER_REPOSITORY} with its requirements.txt installed?"
-            ) from exc
+        SpaTrackerPredictor = import_spatracker_predictor(checkout)
         require_from_checkout(SpaTrackerPredictor, checkout, "POINTVID_SPATRACKER_DIR")
         try:
             predictor = SpaTrackerPredictor(str(checkpoint), interp_shape=tuple(self.interp_shape), seq_length=self.window_length)
+        except pickle.UnpicklingError as exc:  # upstream calls torch.load without weights_only, which is True since torch 2.6
+            raise BackendUnavailable(
+                f"POINTVID_SPATRACKER_CHECKPOINT={checkpoint} holds pickled objects besides tensors, which torch "
+                f"{torch.__version__} refuses (torch.load defaults to weights_only=True since 2.6; SpaTracker does not "
+                f"pass it). If the file is from a trusted source, save its weights alone once with "
+                f"`{shlex.join(weights_only_command(checkpoint))}` and point POINTVID_SPATRACKER_CHECKPOINT at the copy."
+            ) from exc
         except (RuntimeError, KeyError, OSError) as exc:
             raise BackendUnavailable(
                 f"POINTVID_SPATRACKER_CHECKPOINT={checkpoint} does not load into SpaTracker ({exc}); to get the right file, {SPATRACKER_CHECKPOINT_HELP}."

@@ -12,9 +12,15 @@ a known motion: query (x, y) is at (x, y) + t * velocity in frame t, `velocity` 
 checkpoint; depth is video_depth at the nearest pixel to the (clamped) tracked position; point n is
 reported occluded from frame T//2 on when n % 3 == 2 (points outside the frame are still reported
 visible, as a model may do). Every call is recorded in `self.calls`.
+
+Like upstream, importing it imports torchvision (blocks.py), timm (dpt/vit.py) and cupy (softsplat.py),
+and its checkpoint is read with `torch.load(f, map_location="cpu")`, without weights_only.
 """
 
+import cupy  # noqa: F401  (upstream: softsplat.py)
+import timm  # noqa: F401  (upstream: dpt/vit.py)
 import torch
+import torchvision  # noqa: F401  (upstream: blocks.py, `import torchvision.models as tvm`)
 
 
 def require(condition, message):
