@@ -157,7 +157,7 @@ def test_depth_stays_float32_when_the_runtime_asks_for_bfloat16(tiny_model_dir, 
         estimator = create_backend("depth_estimator", "zoedepth")
         assert {p.dtype for p in estimator.model.parameters()} == {torch.float32}
         handle = estimator.model.register_forward_hook(
-            lambda module, args, output: predicted_by_runtime.__setitem__(runtime_dtype, output.predicted_depth))
+            lambda module, args, output, key=runtime_dtype: predicted_by_runtime.__setitem__(key, output.predicted_depth))
         try:
             depth_by_runtime[runtime_dtype] = estimator.estimate(clip)
         finally:

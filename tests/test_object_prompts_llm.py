@@ -13,7 +13,12 @@ import pytest
 import torch
 from tiny_qwen2 import save_tiny_qwen2
 
-from pointvid_pipeline.backends.llm import MAX_ANSWER_TOKENS, PROMPT_PATH, UnusableAnswer, grounded_objects
+from pointvid_pipeline.backends.llm import (
+    MAX_ANSWER_TOKENS,
+    PROMPT_PATH,
+    UnusableAnswer,
+    grounded_objects,
+)
 from pointvid_pipeline.backends.registry import create_backend
 from pointvid_pipeline.rejections import BackendUnavailable
 from pointvid_pipeline.stages.object_prompts import LexicalObjectExtractor
