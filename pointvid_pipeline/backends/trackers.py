@@ -223,8 +223,8 @@ class SpaTrackerTracker:
     seq_length and the call's wind_length like the demo does.
 
     CUDA only: the model's splatting kernel is written in cupy, and its code puts tensors on "cuda"
-    itself, so only cuda:0 works (select another GPU with CUDA_VISIBLE_DEVICES). `allow_cpu_for_tests` exists only so
-    the adapter's own tests can run it against a fake checkout on a CPU-only machine.
+    itself, so only cuda:0 works (select another GPU with CUDA_VISIBLE_DEVICES). `allow_cpu_for_tests`
+    exists only so the adapter's own tests can run it against a fake checkout on a CPU-only machine.
     """
 
     checkout: str = ""
