@@ -47,8 +47,8 @@ def measure(shards: str | list[str], repeats: int = 5) -> dict:
     def forward_only():
         with torch.no_grad():
             generator = step_generator(config, 0)
-            latents, text, condition = encode_batch(model, batch, generator)
-            model(latents, torch.zeros(latents.shape[0], dtype=torch.long), text, condition)
+            latents, conditions = encode_batch(model, batch, config, generator)
+            model(latents, torch.zeros(latents.shape[0], dtype=torch.long), conditions)
 
     def training_step(stage: str):
         def run():

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import av
 from PIL import Image
+from tiny_i2vgen_xl import save_tiny_i2vgen_xl
 
 from pointvid_pipeline.storage.shard_format import read_samples
 from training.config import load_config
 from training.fit import fit
+from training.fit import main as fit_main
 from training.sample import main
 
 TINY = "training/configs/tiny.yaml"
@@ -44,6 +46,24 @@ def test_sample_writes_video_and_tracks_and_simdrop_changes_the_result(shard_dir
     assert (tmp_path / "plain" / "tracks.png").stat().st_size > 1000
     simdrop = decoded_frames(tmp_path / "simdrop" / "video.mp4")
     assert any((a != b).any() for a, b in zip(plain, simdrop))
+
+
+def test_fit_widens_a_saved_i2vgen_xl_pipeline_and_sampling_uses_guidance(shard_dir, tmp_path):
+    """Done-when of the training issue: `training.fit --pretrained DIR` on the default shards, DIR a tiny
+    I2VGen-XL pipeline folder, then `training.sample` with classifier-free guidance from that checkpoint."""
+    save_tiny_i2vgen_xl(tmp_path / "i2vgen-xl")
+    out = tmp_path / "run"
+    shards = f"{shard_dir}/shard-{{00000..00001}}.tar"
+    assert fit_main(["--config", TINY, "--pretrained", str(tmp_path / "i2vgen-xl"), "--shards", shards, "--steps", "2", "--out-dir", str(out)]) == 0
+    losses = [float(row.split(",")[1]) for row in (out / "metrics.csv").read_text().splitlines()[1:]]
+    assert len(losses) == 2 and all(0 < loss < 100 for loss in losses)
+    image = first_frame_png(shard_dir / "shard-00000.tar", tmp_path / "first.png")
+    common = ["--checkpoint", str(out / "checkpoint"), "--image", str(image), "--prompt", "a duck falls", "--steps", "3"]
+    assert main([*common, "--out", str(tmp_path / "guided")]) == 0
+    assert main([*common, "--out", str(tmp_path / "unguided"), "--guidance-scale", "1"]) == 0
+    guided, unguided = decoded_frames(tmp_path / "guided" / "video.mp4"), decoded_frames(tmp_path / "unguided" / "video.mp4")
+    assert len(guided) == load_config(TINY).frames and (tmp_path / "guided" / "tracks.png").stat().st_size > 1000
+    assert any((a != b).any() for a, b in zip(guided, unguided)), "guidance scale 9 and 1 must differ"
 
 
 def test_training_imports_without_dagster():

@@ -11,7 +11,7 @@ import yaml
 @dataclass
 class TrainConfig:
     """Every knob of a run. `model` holds `VideoPointModel.from_config` kwargs (tiny, random) unless
-    `pretrained_rgb` names a local diffusers folder of an RGB image-to-video model to expand."""
+    `pretrained` names an I2VGen-XL pipeline (hub id or local `save_pretrained` folder) to widen."""
 
     name: str
     shards: str  # path, URL or brace pattern of PointVid shards
@@ -32,7 +32,10 @@ class TrainConfig:
     log_every: int = 1
     checkpoint_every: int = 50
     model: dict = field(default_factory=dict)
-    pretrained_rgb: str | None = None
+    pretrained: str | None = None  # e.g. "ali-vilab/i2vgen-xl" (Hugging Face cache) or a local pipeline folder
+    fps: float = 16.0  # I2VGen-XL's frame-rate micro-condition, the same in training and sampling
+    caption_dropout: float = 0.1  # probability of training on "" instead of the caption (classifier-free guidance)
+    image_dropout: float = 0.1  # probability of a zero CLIP image embedding (classifier-free guidance)
     # regularize stage (paper §3.3)
     ddim_steps: int = 4  # DDIM steps from z_t to z_0; gradients only through the last one
     lambda_ddim: float = 1.0

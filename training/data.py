@@ -1,7 +1,7 @@
 """PointVid shards -> training batches: a seeded, resumable WebDataset stream.
 
-Every sample (docs/architecture.md, "Sample schema, version 1.0") is decoded, cut to `frames` frames
-and resized to height x width, then normalised. Training and sampling must use this same convention:
+Every sample (docs/architecture.md, "Sample schema, version 1.0") is decoded, cut to `frames` frames,
+centre-cropped to the aspect ratio of height x width (nothing is cut at 448:256) and resized, then normalised. Training and sampling must use this same convention:
 
 - video: RGB uint8 -> float32 in [-1, 1] (x / 127.5 - 1); resized bilinear with antialiasing.
 - points: the (u, v, d) map, resized nearest-neighbour (and the foreground mask with it), so the
@@ -149,6 +149,19 @@ def denormalise_points(points: torch.Tensor, depth_max: float, foreground: torch
     return uvd * foreground
 
 
+def fit_frames(images: torch.Tensor, height: int, width: int, mode: str = "bilinear") -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, height, width): centre crop to the target aspect ratio, then resize (bilinear
+    with antialiasing for pictures, nearest for point maps and masks). The sampler prepares its first
+    frame with this same function, as I2VGen-XL's pipeline prepares its image like its training data."""
+    source_height, source_width = images.shape[-2:]
+    crop_height, crop_width = min(source_height, round(source_width * height / width)), min(source_width, round(source_height * width / height))
+    top, left = (source_height - crop_height) // 2, (source_width - crop_width) // 2
+    images = images[..., top : top + crop_height, left : left + crop_width]
+    if mode == "bilinear":
+        return F.interpolate(images, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    return F.interpolate(images, size=(height, width), mode=mode)
+
+
 def decode_sample(raw: dict, frames: int, height: int, width: int, depth_max: float) -> dict:
     """One raw sample -> the normalised tensors of one batch element (see the module docstring)."""
     meta = json.loads(raw["json"])
@@ -159,10 +172,10 @@ def decode_sample(raw: dict, frames: int, height: int, width: int, depth_max: fl
     foreground = torch.from_numpy(points["valid"])[None].float()
     visible = torch.from_numpy(points["visible"][indices])[:, None].float()  # (T, 1, H, W)
     if video.shape[-2:] != (height, width):
-        video = F.interpolate(video, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
-        uvd = F.interpolate(uvd, size=(height, width), mode="nearest-exact")
-        foreground = F.interpolate(foreground[None], size=(height, width), mode="nearest-exact")[0]
-        visible = F.interpolate(visible, size=(height, width), mode="nearest-exact")
+        video = fit_frames(video, height, width)
+        uvd = fit_frames(uvd, height, width, "nearest-exact")
+        foreground = fit_frames(foreground[None], height, width, "nearest-exact")[0]
+        visible = fit_frames(visible, height, width, "nearest-exact")
     return {
         "video": (video / 127.5 - 1).clamp(-1, 1),
         "points": normalise_points(uvd.float(), foreground, depth_max),

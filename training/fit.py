@@ -1,4 +1,4 @@
-"""`python -m training.fit --config training/configs/tiny.yaml [--shards ...] [--stage ...] [--resume]`.
+"""`python -m training.fit --config training/configs/tiny.yaml [--shards ...] [--stage ...] [--pretrained ...] [--resume]`.
 
 One loop for both stages of the paper: `augment` trains the video-point model with the diffusion
 loss on concatenated RGB + point latents (§3.2); `regularize` adds L_recon and L_rigid on points
@@ -29,8 +29,8 @@ METRIC_FIELDS = ("step", "loss", "l_ddim", "l_recon", "l_rigid", "seconds")
 
 
 def build_model(config: TrainConfig) -> VideoPointModel:
-    if config.pretrained_rgb:
-        return VideoPointModel.from_pretrained_rgb(config.pretrained_rgb)
+    if config.pretrained:
+        return VideoPointModel.from_pretrained(config.pretrained)
     return VideoPointModel.from_config(config.model)
 
 
@@ -42,13 +42,17 @@ def step_generator(config: TrainConfig, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def encode_batch(model: VideoPointModel, batch: dict, generator: torch.Generator):
-    """Concatenated [RGB, point] latents (B, 8, T, h, w), text embeddings, first-frame condition.
-    The VAE posterior is sampled with the step's generator (not the global RNG) so resume is exact."""
+def encode_batch(model: VideoPointModel, batch: dict, config: TrainConfig, generator: torch.Generator):
+    """Concatenated [RGB, point] latents (B, 8, T, h, w) and I2VGen-XL's conditions, with the caption and
+    the image embedding each dropped with their configured probability (classifier-free guidance).
+    The VAE posterior and the dropout are drawn from the step's generator (not the global RNG) so resume is exact."""
     with torch.no_grad():
         latents = torch.cat([model.encode_video(batch["video"], generator), model.encode_points(batch["points"], generator)], dim=1)
-        text = model.encode_text(batch["caption"])
-    return latents, text, latents[:, :4, :1]
+        batch_size = latents.shape[0]
+        drop_caption = torch.rand(batch_size, generator=generator, device=generator.device) < config.caption_dropout
+        drop_image = torch.rand(batch_size, generator=generator, device=generator.device) < config.image_dropout
+        conditions = model.conditions(batch["video"][:, 0], latents[:, :4, :1], batch["caption"], latents.shape[2], config.fps, drop_caption, drop_image)
+    return latents, conditions
 
 
 def diffusion_target(scheduler, latents, noise, timesteps):
@@ -59,10 +63,10 @@ def diffusion_target(scheduler, latents, noise, timesteps):
 
 def augment_loss(model: VideoPointModel, batch: dict, config: TrainConfig, generator: torch.Generator):
     """§3.2: the usual diffusion loss, on the concatenated video-point latents."""
-    latents, text, condition = encode_batch(model, batch, generator)
+    latents, conditions = encode_batch(model, batch, config, generator)
     noise = torch.randn(latents.shape, generator=generator)
     timesteps = torch.randint(0, model.scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
-    prediction = model(model.scheduler.add_noise(latents, noise, timesteps), timesteps, text, condition)
+    prediction = model(model.scheduler.add_noise(latents, noise, timesteps), timesteps, conditions)
     l_ddim = torch.nn.functional.mse_loss(prediction, diffusion_target(model.scheduler, latents, noise, timesteps))
     return total_loss(l_ddim, torch.zeros(()), torch.zeros(()), (config.lambda_ddim, 0.0, 0.0))
 
@@ -70,21 +74,21 @@ def augment_loss(model: VideoPointModel, batch: dict, config: TrainConfig, gener
 def regularize_loss(model: VideoPointModel, batch: dict, config: TrainConfig, generator: torch.Generator):
     """§3.3, Eq. 3: diffusion loss at a DDIM timestep t, then DDIM from z_t to z_0 (earlier steps
     without gradients, the last with them), decode the point half, and add L_recon and L_rigid."""
-    latents, text, condition = encode_batch(model, batch, generator)
+    latents, conditions = encode_batch(model, batch, config, generator)
     scheduler = type(model.scheduler).from_config(model.scheduler.config)
     scheduler.set_timesteps(config.ddim_steps)
     start = int(torch.randint(0, len(scheduler.timesteps), (1,), generator=generator))
     timesteps = torch.full((latents.shape[0],), int(scheduler.timesteps[start]))
     noise = torch.randn(latents.shape, generator=generator)
     sample = scheduler.add_noise(latents, noise, timesteps)
-    prediction = model(sample, timesteps, text, condition)
+    prediction = model(sample, timesteps, conditions)
     l_ddim = torch.nn.functional.mse_loss(prediction, diffusion_target(scheduler, latents, noise, timesteps))
     chain = [int(t) for t in scheduler.timesteps[start:]]
     for index, t in enumerate(chain):
         last = index == len(chain) - 1
         if index > 0:
             with torch.set_grad_enabled(last):
-                prediction = model(sample, torch.full_like(timesteps, t), text, condition)
+                prediction = model(sample, torch.full_like(timesteps, t), conditions)
         output = scheduler.step(prediction, t, sample)
         sample = output.pred_original_sample if last else output.prev_sample.detach()
     predicted_points = model.decode_points(sample[:, 4:])
@@ -223,9 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage", choices=("augment", "regularize"), help="override the config's stage")
     parser.add_argument("--steps", type=int, help="override the number of steps")
     parser.add_argument("--out-dir", help="override where checkpoints, metrics.csv and loss_curve.png go")
+    parser.add_argument("--pretrained", help="I2VGen-XL pipeline to widen: hub id (from the Hugging Face cache) or local folder")
     parser.add_argument("--resume", action="store_true", help="continue exactly from <out_dir>/checkpoint")
     args = parser.parse_args(argv)
-    config = load_config(args.config, shards=args.shards, stage=args.stage, steps=args.steps, out_dir=args.out_dir)
+    config = load_config(args.config, shards=args.shards, stage=args.stage, steps=args.steps, out_dir=args.out_dir, pretrained=args.pretrained)
     out_dir = fit(config, resume=args.resume)
     print(f"checkpoint: {out_dir / 'checkpoint'}\nmetrics:    {out_dir / 'metrics.csv'}\nloss curve: {out_dir / 'loss_curve.png'}")
     return 0
