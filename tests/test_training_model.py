@@ -21,6 +21,7 @@ from training.model import (
     widen_for_points,
 )
 
+
 def tiny_config() -> dict:
     return {
         "vae": VAE,
