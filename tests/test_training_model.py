@@ -147,3 +147,35 @@ def test_trainable_state_dict_round_trip(tmp_path):
         other.load_trainable_state_dict({**state, "vae.encoder.conv_in.weight": model.vae.encoder.conv_in.weight})
     with pytest.raises(KeyError, match="missing"):
         other.load_trainable_state_dict({key: value for key, value in state.items() if key != "unet.conv_in.points.weight"})
+
+
+def saved_activation_bytes(model: VideoPointModel, latents: torch.Tensor, conditions: Conditions) -> tuple[int, dict]:
+    """Bytes autograd keeps for the backward pass of one training forward, and the resulting gradients."""
+    saved = []
+    torch.manual_seed(3)  # the UNet's temporal convs use dropout in training: the same masks for both runs
+
+    def keep(tensor):
+        saved.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        prediction = model(latents, torch.tensor([500, 20]), conditions)
+    (prediction - 1).square().mean().backward()
+    grads = {name: p.grad.clone() for name, p in model.unet.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return sum(saved), grads
+
+
+def test_gradient_checkpointing_keeps_fewer_activations_and_the_same_gradients():
+    torch.manual_seed(0)
+    model = VideoPointModel.from_config(tiny_config()).train()
+    latents, conditions = torch.randn(2, 8, 4, 16, 24), random_conditions(2, 4, 16, 24)
+    names = set(model.state_dict())
+    plain_bytes, plain_grads = saved_activation_bytes(model, latents, conditions)
+    model.enable_gradient_checkpointing()
+    checkpointed_bytes, checkpointed_grads = saved_activation_bytes(model, latents, conditions)
+    assert checkpointed_bytes < 0.5 * plain_bytes, (checkpointed_bytes, plain_bytes)
+    assert plain_grads.keys() == checkpointed_grads.keys()
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(checkpointed_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+    assert set(model.state_dict()) == names, "checkpoint keys must not change"

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLUNet
 from diffusers.models.attention_processor import Attention
 from torch import nn
@@ -269,6 +271,17 @@ class VideoPointModel(nn.Module):
         self.text_encoder.eval()
         self.image_encoder.eval()
         return self
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each UNet block's activations in the backward pass instead of keeping them.
+
+        diffusers' I2VGenXLUNet refuses `enable_gradient_checkpointing` (its 3D blocks ignore the flag),
+        so each down, mid and up block's forward is wrapped in `torch.utils.checkpoint` here; module
+        names, and so checkpoints, are unchanged.
+        """
+        for block in [*self.unet.down_blocks, self.unet.mid_block, *self.unet.up_blocks]:
+            if block is not None and "forward" not in vars(block):
+                block.forward = functools.partial(torch.utils.checkpoint.checkpoint, block.forward, use_reentrant=False)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for name in TRAINABLE_MODULES for p in getattr(self, name).parameters()]
