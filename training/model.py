@@ -19,7 +19,6 @@ about [-1, 1] is the data loader's job.
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 from dataclasses import dataclass, replace
 
@@ -97,18 +96,30 @@ class PointConvOut(nn.Module):
         return torch.cat([self.rgb(features), self.points(features)], dim=1)
 
 
-def widen_for_points(rgb_unet: I2VGenXLUNet) -> I2VGenXLUNet:
-    """A copy of an I2VGen-XL UNet whose entry and exit also carry the point latents (paper §3.2).
+def widen_for_points(unet: I2VGenXLUNet) -> I2VGenXLUNet:
+    """Widen an I2VGen-XL UNet, in place, so its entry and exit also carry the point latents (paper §3.2).
 
-    Every pretrained weight is kept where it was; every new weight is zero.
+    Every pretrained weight is kept where it was; every new weight is zero. In place, because a
+    second copy of the paper-size UNet (1.4 B parameters) would not be free on a GPU.
     """
-    if not isinstance(rgb_unet, I2VGenXLUNet):
-        raise TypeError(f"expected diffusers' I2VGenXLUNet (the unet/ of an I2VGenXLPipeline), got {type(rgb_unet).__name__}")
-    latent_channels = rgb_unet.config.out_channels
-    unet = copy.deepcopy(rgb_unet)
+    if not isinstance(unet, I2VGenXLUNet):
+        raise TypeError(f"expected diffusers' I2VGenXLUNet (the unet/ of an I2VGenXLPipeline), got {type(unet).__name__}")
+    latent_channels = unet.config.out_channels
     unet.conv_in = PointConvIn(unet.conv_in, latent_channels)
     unet.conv_out = PointConvOut(unet.conv_out, latent_channels)
     return unet
+
+
+def checkpoint_unet_blocks(unet: I2VGenXLUNet) -> None:
+    """Recompute each down, mid and up block's activations in the backward pass instead of keeping them.
+
+    diffusers' I2VGenXLUNet refuses `enable_gradient_checkpointing` (its 3D blocks ignore the flag), so
+    each block's forward is wrapped in `torch.utils.checkpoint`; module names, and so checkpoints, are
+    unchanged.
+    """
+    for block in [*unet.down_blocks, unet.mid_block, *unet.up_blocks]:
+        if block is not None and "forward" not in vars(block):
+            block.forward = functools.partial(torch.utils.checkpoint.checkpoint, block.forward, use_reentrant=False)
 
 
 @dataclass
@@ -273,15 +284,7 @@ class VideoPointModel(nn.Module):
         return self
 
     def enable_gradient_checkpointing(self) -> None:
-        """Recompute each UNet block's activations in the backward pass instead of keeping them.
-
-        diffusers' I2VGenXLUNet refuses `enable_gradient_checkpointing` (its 3D blocks ignore the flag),
-        so each down, mid and up block's forward is wrapped in `torch.utils.checkpoint` here; module
-        names, and so checkpoints, are unchanged.
-        """
-        for block in [*self.unet.down_blocks, self.unet.mid_block, *self.unet.up_blocks]:
-            if block is not None and "forward" not in vars(block):
-                block.forward = functools.partial(torch.utils.checkpoint.checkpoint, block.forward, use_reentrant=False)
+        checkpoint_unet_blocks(self.unet)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for name in TRAINABLE_MODULES for p in getattr(self, name).parameters()]
@@ -365,14 +368,20 @@ class VideoPointModel(nn.Module):
 
     def forward(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, conditions: Conditions) -> torch.Tensor:
         """Noisy [RGB, points] (B, 8, T, h, w) -> prediction (B, 8, T, h, w), conditioned as I2VGen-XL is."""
-        dtype = self.unet.dtype
-        rgb, points = self.entry_attention(noisy_latents).split(self.entry_attention.latent_channels, dim=1)
-        with self.unet.conv_in.carrying(points):
-            return self.unet(
-                rgb.to(dtype),
-                timesteps,
-                fps=conditions.fps,
-                image_latents=conditions.image_latents.to(dtype),
-                image_embeddings=conditions.image_embeddings.to(dtype),
-                encoder_hidden_states=conditions.text.to(dtype),
-            ).sample
+        return denoise(self.unet, self.entry_attention, noisy_latents, timesteps, conditions)
+
+
+def denoise(unet: I2VGenXLUNet, entry_attention: EntryCrossAttention, noisy_latents: torch.Tensor, timesteps: torch.Tensor, conditions: Conditions) -> torch.Tensor:
+    """The trainable part's forward (also used bare by benchmarks/training_memory.py at paper size): entry
+    attention, then the widened UNet with the point half handed to its conv_in."""
+    dtype = unet.dtype
+    rgb, points = entry_attention(noisy_latents).split(entry_attention.latent_channels, dim=1)
+    with unet.conv_in.carrying(points):
+        return unet(
+            rgb.to(dtype),
+            timesteps,
+            fps=conditions.fps,
+            image_latents=conditions.image_latents.to(dtype),
+            image_embeddings=conditions.image_embeddings.to(dtype),
+            encoder_hidden_states=conditions.text.to(dtype),
+        ).sample
