@@ -192,7 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda")
     started = time.perf_counter()
     print(f"gpu_smoke on {torch.cuda.get_device_name(device)}, torch {torch.__version__}")
-    results = training_stages(device, args.steps)
+    try:
+        results = training_stages(device, args.steps)
+    except torch.cuda.OutOfMemoryError as exc:  # e.g. a 24 GB card: AdamW state alone is 22.7 GB
+        results = [StageResult("train", note=f"out of GPU memory: {str(exc).splitlines()[0]}")]
     torch.cuda.empty_cache()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -11,7 +11,11 @@ Run: python benchmarks/training_memory.py
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import math
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -151,15 +155,15 @@ def checkpoint_blocks(unet: I2VGenXLUNet) -> list[nn.Module]:
 
 
 def build_on_cpu(seed: int = 0) -> PaperVideoPointUNet:
-    """The paper-size model in fp32 on the CPU, built on meta and filled (N(0, 0.02) weights, zero biases:
-    a fast stand-in for the random init, which takes minutes at 1.4 B parameters)."""
+    """The paper-size model in fp32 on the CPU, built on meta and filled with N(0, 0.02): a faster stand-in
+    for the module init (values do not change which tensors autograd saves)."""
     with torch.device("meta"):
         model = PaperVideoPointUNet.from_config()
     model = model.to_empty(device="cpu")
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in model.parameters():
-            parameter.normal_(0, 0.02, generator=generator) if parameter.dim() > 1 else parameter.zero_()
+            parameter.normal_(0, 0.02, generator=generator)
     return model.train()
 
 
@@ -310,20 +314,27 @@ def fit_linear(sizes, values) -> tuple[np.ndarray, float]:
     return coefficients, float(residual.max())
 
 
-def measure_activations(sizes=MEASURE_SIZES) -> dict:
-    """Saved bytes at each size without and with block checkpointing, plus the linear fits."""
+def measure_size(size: tuple[int, int, int, int]) -> dict[str, SavedBytes]:
+    """Saved bytes at one (latent h, w, frames, batch), without and then with block checkpointing."""
+    height, width, frames, batch = size
     model = build_on_cpu()
-    plain_rows, checkpoint_rows = [], []
+    inputs = unet_inputs(batch, frames, height, width, generator=torch.Generator().manual_seed(0))
+    plain = measure_saved_bytes(model, inputs, None)
+    checkpointed = measure_saved_bytes(model, inputs, checkpoint_blocks(model.unet))
+    return {"plain": plain, "checkpointed": checkpointed}
+
+
+def measure_activations(sizes=MEASURE_SIZES, threads: int = 2) -> dict:
+    """measure_size at each size, each in its own process (the CPU heap grew past 23 GB over ten
+    1.4 B-parameter forwards in one process); returns the rows per mode."""
+    rows = {"plain": [], "checkpointed": []}
     for size in sizes:
-        height, width, frames, batch = size
-        inputs = unet_inputs(batch, frames, height, width, generator=torch.Generator().manual_seed(0))
-        plain_rows.append(measure_saved_bytes(model, inputs, None))
-    blocks = checkpoint_blocks(model.unet)
-    for size in sizes:
-        height, width, frames, batch = size
-        inputs = unet_inputs(batch, frames, height, width, generator=torch.Generator().manual_seed(0))
-        checkpoint_rows.append(measure_saved_bytes(model, inputs, blocks))
-    return {"sizes": list(sizes), "plain": plain_rows, "checkpointed": checkpoint_rows}
+        command = [sys.executable, __file__, "--measure", ",".join(map(str, size)), "--threads", str(threads)]
+        result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+        for mode, values in rows.items():
+            values.append(SavedBytes(**result[mode]))
+        print(f"  measured {size}", file=sys.stderr, flush=True)
+    return {"sizes": list(sizes), **rows}
 
 
 def extrapolate(measured: dict, height: int, width: int, frames: int, batch: int) -> dict:
@@ -369,8 +380,13 @@ def gib(value: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for the activation measurement")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)  # worker: "h,w,frames,batch" -> one JSON line
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.measure:
+        size = tuple(int(v) for v in args.measure.split(","))
+        print(json.dumps({mode: dataclasses.asdict(row) for mode, row in measure_size(size).items()}))
+        return
     frames, batch = PAPER["frames"], PAPER["batch"]
     height, width = PAPER["height"] // 8, PAPER["width"] // 8
 
@@ -379,7 +395,7 @@ def main() -> None:
     for name, value in counts.items():
         print(f"  {name:<18} {value:>14,}")
 
-    measured = measure_activations()
+    measured = measure_activations(threads=args.threads)
     print("\nSaved-for-backward bytes measured on the CPU (bf16 autocast, batch x frames x latent h x w):")
     for size, plain, checkpointed in zip(measured["sizes"], measured["plain"], measured["checkpointed"]):
         h, w, t, b = size
