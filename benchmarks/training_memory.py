@@ -325,8 +325,11 @@ def measure_size(size: tuple[int, int, int, int]) -> dict[str, SavedBytes]:
 
 
 def measure_activations(sizes=MEASURE_SIZES, threads: int = 2) -> dict:
-    """measure_size at each size, each in its own process (the CPU heap grew past 23 GB over ten
-    1.4 B-parameter forwards in one process); returns the rows per mode."""
+    """measure_size at each size, each in its own process; returns the rows per mode.
+
+    One worker peaks at ~12-14 GB RSS (fp32 weights, bf16 casts, activations); one process running
+    every size was OOM-killed at 23.7 GB on a 23 GB machine (with tests running beside it).
+    """
     rows = {"plain": [], "checkpointed": []}
     for size in sizes:
         command = [sys.executable, __file__, "--measure", ",".join(map(str, size)), "--threads", str(threads)]
