@@ -93,19 +93,16 @@ def train_steps(model, inputs: dict, target: torch.Tensor, steps: int, device: t
 
 def training_stages(device: torch.device, steps: int, config: dict | None = None, latents: dict = PAPER_LATENTS) -> list[StageResult]:
     """Build, then train `steps` steps; one StageResult each."""
-    from training_memory import (
-        I2VGEN_XL_UNET_CONFIG,
-        PaperVideoPointUNet,
-        checkpoint_blocks,
-        unet_inputs,
-    )
+    from training_memory import I2VGEN_XL_UNET_CONFIG, PaperVideoPointUNet, unet_inputs
+
+    from training.model import checkpoint_unet_blocks
 
     config = config or I2VGEN_XL_UNET_CONFIG
     build = StageResult("build model")
     with timed(device, build):
         rgb_unet, build.note = load_rgb_unet(I2VGEN_XL, config, device)
         model = PaperVideoPointUNet(rgb_unet).to(device).train()
-        checkpoint_blocks(model.unet)
+        checkpoint_unet_blocks(model.unet)
     train = StageResult(f"train {steps} steps")
     generator = torch.Generator().manual_seed(0)
     inputs = unet_inputs(1, latents["frames"], latents["height"], latents["width"], device=device, generator=generator, cross_attention_dim=config["cross_attention_dim"])

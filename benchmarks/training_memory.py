@@ -32,7 +32,7 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-from training.model import EntryCrossAttention
+from training.model import Conditions, EntryCrossAttention, checkpoint_unet_blocks, denoise, widen_for_points
 
 # ali-vilab/i2vgen-xl unet/config.json could not be fetched here (no hub access). Reconstructed, and
 # equal to diffusers 0.42.1's I2VGenXLUNet defaults: ali-vilab/VGen configs/i2vgen_xl_train.yaml
@@ -78,48 +78,14 @@ MFU = 0.40
 MEASURE_SIZES = ((8, 16, 4, 1), (8, 16, 8, 1), (16, 16, 4, 1), (16, 32, 4, 1), (8, 16, 4, 2))
 
 
-class WidenedConvIn(nn.Module):
-    """conv_in over [noisy RGB, noisy points, cond, cond] (16 channels, paper §3.2).
-
-    I2VGenXLUNet.forward concatenates only [sample, projected first-frame latents] before conv_in, so
-    the noisy point latents, laid out (B*T, 4, h, w) like conv_in's input, are handed in through
-    `pending_points` for the duration of one forward (PaperVideoPointUNet sets and clears it).
-    """
-
-    def __init__(self, out_channels: int, latent_channels: int = LATENT_CHANNELS):
-        super().__init__()
-        self.conv = nn.Conv2d(4 * latent_channels, out_channels, 3, padding=1)
-        self.pending_points: torch.Tensor | None = None
-
-    def forward(self, rgb_and_cond: torch.Tensor) -> torch.Tensor:
-        rgb, cond = rgb_and_cond.chunk(2, dim=1)
-        return self.conv(torch.cat([rgb, self.pending_points, cond, cond], dim=1))
-
-
 class PaperVideoPointUNet(nn.Module):
-    """An RGB I2VGenXLUNet widened for points: entry cross-attention, conv_in 16 -> C, conv_out C -> 8.
-
-    The RGB weights go to the RGB and first condition slots; every new weight starts at zero, so at
-    initialisation the RGB half of the output is the RGB model's and the point half is 0 (§3.2).
-    """
+    """VideoPointModel's trainable part at the paper's size, without the frozen encoders: the entry
+    cross-attention and I2VGen-XL's UNet widened for points (`training.model`, the same code that trains)."""
 
     def __init__(self, rgb_unet: I2VGenXLUNet):
         super().__init__()
         self.entry_attention = EntryCrossAttention(LATENT_CHANNELS)
-        self.unet = rgb_unet
-        old_in, old_out = rgb_unet.conv_in, rgb_unet.conv_out
-        self.unet.conv_in = WidenedConvIn(old_in.out_channels).to(old_in.weight)
-        self.unet.conv_out = nn.Conv2d(old_out.in_channels, 2 * LATENT_CHANNELS, 3, padding=1).to(old_out.weight)
-        rgb, cond = slice(0, LATENT_CHANNELS), slice(2 * LATENT_CHANNELS, 3 * LATENT_CHANNELS)
-        with torch.no_grad():
-            for new, old in ((self.unet.conv_in.conv, old_in), (self.unet.conv_out, old_out)):
-                new.weight.zero_()
-                new.bias.zero_()
-            self.unet.conv_in.conv.weight[:, rgb] = old_in.weight[:, :LATENT_CHANNELS]
-            self.unet.conv_in.conv.weight[:, cond] = old_in.weight[:, LATENT_CHANNELS:]
-            self.unet.conv_in.conv.bias.copy_(old_in.bias)
-            self.unet.conv_out.weight[:LATENT_CHANNELS] = old_out.weight
-            self.unet.conv_out.bias[:LATENT_CHANNELS] = old_out.bias
+        self.unet = widen_for_points(rgb_unet)
 
     @classmethod
     def from_config(cls, config: dict = I2VGEN_XL_UNET_CONFIG) -> PaperVideoPointUNet:
@@ -127,31 +93,7 @@ class PaperVideoPointUNet(nn.Module):
 
     def forward(self, noisy, timestep, fps, image_latents, image_embeddings, text):
         """noisy (B, 8, T, h, w) [RGB, points]; image_latents (B, 4, T, h, w) -> prediction (B, 8, T, h, w)."""
-        rgb, points = self.entry_attention(noisy).chunk(2, dim=1)
-        self.unet.conv_in.pending_points = points.transpose(1, 2).flatten(0, 1)
-        try:
-            return self.unet(rgb, timestep, fps, image_latents, image_embeddings, text).sample
-        finally:
-            self.unet.conv_in.pending_points = None
-
-
-def checkpoint_blocks(unet: I2VGenXLUNet) -> list[nn.Module]:
-    """Gradient checkpointing per down/mid/up block (non-reentrant); returns the wrapped blocks.
-
-    `I2VGenXLUNet.enable_gradient_checkpointing()` raises in diffusers 0.42.1
-    (`_supports_gradient_checkpointing = False`, and its 3D blocks never read their flag).
-    """
-    blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
-    for block in blocks:
-        inner = block.forward
-
-        def forward(*args, _inner=inner, **kwargs):
-            if not torch.is_grad_enabled():
-                return _inner(*args, **kwargs)
-            return torch.utils.checkpoint.checkpoint(_inner, *args, use_reentrant=False, **kwargs)
-
-        block.forward = forward
-    return blocks
+        return denoise(self.unet, self.entry_attention, noisy, timestep, Conditions(text, image_latents, image_embeddings, fps))
 
 
 def build_on_cpu(seed: int = 0) -> PaperVideoPointUNet:
@@ -213,7 +155,7 @@ def training_flops(batch: int, frames: int, height: int, width: int, checkpointi
     with torch.device("meta"):
         model = PaperVideoPointUNet.from_config()
     if checkpointing:
-        checkpoint_blocks(model.unet)
+        checkpoint_unet_blocks(model.unet)
     inputs = unet_inputs(batch, frames, height, width, device="meta")
     target = torch.empty_like(inputs["noisy"])
     with torch.no_grad(), FlopCounterMode(display=False) as forward_counter:
@@ -320,7 +262,7 @@ def measure_size(size: tuple[int, int, int, int]) -> dict[str, SavedBytes]:
     model = build_on_cpu()
     inputs = unet_inputs(batch, frames, height, width, generator=torch.Generator().manual_seed(0))
     plain = measure_saved_bytes(model, inputs, None)
-    checkpointed = measure_saved_bytes(model, inputs, checkpoint_blocks(model.unet))
+    checkpointed = measure_saved_bytes(model, inputs, checkpoint_unet_blocks(model.unet))
     return {"plain": plain, "checkpointed": checkpointed}
 
 

@@ -110,16 +110,25 @@ def widen_for_points(unet: I2VGenXLUNet) -> I2VGenXLUNet:
     return unet
 
 
-def checkpoint_unet_blocks(unet: I2VGenXLUNet) -> None:
-    """Recompute each down, mid and up block's activations in the backward pass instead of keeping them.
+def checkpoint_unet_blocks(unet: I2VGenXLUNet) -> list[nn.Module]:
+    """Recompute each down, mid and up block's activations in the backward pass instead of keeping them;
+    returns those blocks.
 
     diffusers' I2VGenXLUNet refuses `enable_gradient_checkpointing` (its 3D blocks ignore the flag), so
-    each block's forward is wrapped in `torch.utils.checkpoint`; module names, and so checkpoints, are
-    unchanged.
+    each block's forward is wrapped in `torch.utils.checkpoint` (not under no_grad, where there is
+    nothing to keep); module names, and so checkpoints, are unchanged.
     """
-    for block in [*unet.down_blocks, unet.mid_block, *unet.up_blocks]:
-        if block is not None and "forward" not in vars(block):
-            block.forward = functools.partial(torch.utils.checkpoint.checkpoint, block.forward, use_reentrant=False)
+    blocks = [block for block in [*unet.down_blocks, unet.mid_block, *unet.up_blocks] if block is not None]
+    for block in blocks:
+        if "forward" not in vars(block):
+            block.forward = functools.partial(_checkpointed, block.forward)
+    return blocks
+
+
+def _checkpointed(forward, *args, **kwargs):
+    if not torch.is_grad_enabled():
+        return forward(*args, **kwargs)
+    return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
 
 @dataclass
