@@ -2,6 +2,10 @@
 
 import csv
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
@@ -96,3 +100,16 @@ def test_ema_is_the_decayed_average_of_the_trainable_weights(shard_dir, tmp_path
     assert changed
     for key in ema:
         torch.testing.assert_close(ema[key], 0.75 * initial[key] + 0.25 * trained[key])
+
+
+def test_bf16_mixed_precision_trains_fp32_weights(shard_dir, tmp_path):
+    """In a subprocess: accelerate fixes the precision once per process, and this one already runs in fp32."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "bf16"
+    command = [sys.executable, "-m", "training.fit", "--config", TINY, "--shards", f"{shard_dir}/shard-00000.tar", "--steps", "2",
+               "--out-dir", str(out), "--set", "mixed_precision=bf16"]
+    result = subprocess.run(command, cwd=root, env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "precision=bf16 processes=1" in result.stdout, result.stdout[:500]
+    assert all(0 < loss < 10 for loss in losses(out)) and len(losses(out)) == 2
+    assert {value.dtype for value in load_file(out / "checkpoint" / "trainable.safetensors").values()} == {torch.float32}
