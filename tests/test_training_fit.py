@@ -2,8 +2,13 @@
 
 import csv
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from training.config import load_config
 from training.data import make_loader
@@ -65,3 +70,46 @@ def test_step_randomness_depends_only_on_seed_and_step(shard_dir, tmp_path):
     cfg = config(shard_dir, tmp_path)
     a, b = step_generator(cfg, 5), step_generator(cfg, 5)
     assert torch.equal(torch.randn(4, generator=a), torch.randn(4, generator=b))
+
+
+def test_gradient_checkpointing_recomputes_the_unet_blocks_and_keeps_the_loss(shard_dir, tmp_path):
+    plain = fit(config(shard_dir, tmp_path / "plain", steps=2))
+    checkpointed = fit(config(shard_dir, tmp_path / "checkpointed", steps=2, gradient_checkpointing=True))
+    assert losses(checkpointed) == losses(plain)  # RNG state preserved, same arithmetic
+
+    cfg = config(shard_dir, tmp_path)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg).train()
+    model.enable_gradient_checkpointing()
+    calls = []
+    model.unet.down_blocks[0].resnets[0].register_forward_hook(lambda *args: calls.append(1))
+    batch = next(iter(make_loader(cfg.shards, cfg.frames, cfg.height, cfg.width, 1, cfg.depth_max, None, seed=0)))
+    STAGE_LOSSES["augment"](model, batch, cfg, torch.Generator().manual_seed(0))[0].backward()
+    assert len(calls) == 2  # forward, then again in the backward pass
+
+
+def test_ema_is_the_decayed_average_of_the_trainable_weights(shard_dir, tmp_path):
+    cfg = config(shard_dir, tmp_path / "ema", steps=1, ema_decay=0.75)
+    torch.manual_seed(cfg.seed)
+    initial = build_model(cfg).trainable_state_dict()
+    fit(cfg)
+    trained = load_file(tmp_path / "ema" / "checkpoint" / "trainable.safetensors")
+    ema = load_file(tmp_path / "ema" / "checkpoint" / "ema.safetensors")
+    assert ema.keys() == trained.keys()
+    changed = [k for k in ema if not torch.equal(trained[k], initial[k])]
+    assert changed
+    for key in ema:
+        torch.testing.assert_close(ema[key], 0.75 * initial[key] + 0.25 * trained[key])
+
+
+def test_bf16_mixed_precision_trains_fp32_weights(shard_dir, tmp_path):
+    """In a subprocess: accelerate fixes the precision once per process, and this one already runs in fp32."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "bf16"
+    command = [sys.executable, "-m", "training.fit", "--config", TINY, "--shards", f"{shard_dir}/shard-00000.tar", "--steps", "2",
+               "--out-dir", str(out), "--set", "mixed_precision=bf16"]
+    result = subprocess.run(command, cwd=root, env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "precision=bf16 processes=1" in result.stdout, result.stdout[:500]
+    assert all(0 < loss < 10 for loss in losses(out)) and len(losses(out)) == 2
+    assert {value.dtype for value in load_file(out / "checkpoint" / "trainable.safetensors").values()} == {torch.float32}

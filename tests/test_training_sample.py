@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import av
+import torch
 from PIL import Image
 from tiny_i2vgen_xl import save_tiny_i2vgen_xl
 
@@ -13,7 +14,7 @@ from pointvid_pipeline.storage.shard_format import read_samples
 from training.config import load_config
 from training.fit import fit
 from training.fit import main as fit_main
-from training.sample import main
+from training.sample import load_model, main
 
 TINY = "training/configs/tiny.yaml"
 REPO = Path(__file__).resolve().parents[1]
@@ -64,6 +65,18 @@ def test_fit_widens_a_saved_i2vgen_xl_pipeline_and_sampling_uses_guidance(shard_
     guided, unguided = decoded_frames(tmp_path / "guided" / "video.mp4"), decoded_frames(tmp_path / "unguided" / "video.mp4")
     assert len(guided) == load_config(TINY).frames and (tmp_path / "guided" / "tracks.png").stat().st_size > 1000
     assert any((a != b).any() for a, b in zip(guided, unguided)), "guidance scale 9 and 1 must differ"
+
+
+def test_sampling_uses_the_ema_weights_when_the_run_kept_them(shard_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    fit(load_config(TINY, shards=f"{shard_dir}/shard-00000.tar", out_dir=str(tmp_path / "ema"), steps=2, ema_decay=0.5))
+    ema = load_file(tmp_path / "ema" / "checkpoint" / "ema.safetensors")
+    trained = load_file(tmp_path / "ema" / "checkpoint" / "trainable.safetensors")
+    model, _ = load_model(tmp_path / "ema" / "checkpoint")
+    weights = model.state_dict()
+    assert any(not torch.equal(ema[key], trained[key]) for key in ema)
+    assert all(torch.equal(weights[key], ema[key]) for key in ema)
 
 
 def test_training_imports_without_dagster():

@@ -19,7 +19,7 @@ class TrainConfig:
     stage: str = "augment"  # "augment": diffusion loss only; "regularize": + L_recon + L_rigid (Eq. 3)
     seed: int = 0
     steps: int = 100
-    batch_size: int = 2
+    batch_size: int = 2  # per process and micro-batch: global batch = batch_size x processes x gradient_accumulation_steps
     frames: int = 16
     height: int = 256
     width: int = 448
@@ -31,6 +31,11 @@ class TrainConfig:
     grad_clip: float = 1.0
     log_every: int = 1
     checkpoint_every: int = 50
+    # accelerate (`torchrun`/`accelerate launch -m training.fit` for several processes)
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (autocast; trainable weights stay fp32, frozen ones in bf16/fp16)
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
+    gradient_checkpointing: bool = False  # VideoPointModel.enable_gradient_checkpointing(): less memory, ~1/3 more compute
+    ema_decay: float | None = None  # EMA of the trainable weights, saved as checkpoint/ema.safetensors; None: off
     model: dict = field(default_factory=dict)
     pretrained: str | None = None  # e.g. "ali-vilab/i2vgen-xl" (Hugging Face cache) or a local pipeline folder
     fps: float = 16.0  # I2VGen-XL's frame-rate micro-condition, the same in training and sampling
@@ -48,6 +53,12 @@ class TrainConfig:
     def __post_init__(self):
         if self.stage not in ("augment", "regularize"):
             raise ValueError(f"stage must be 'augment' or 'regularize', got {self.stage!r}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        if self.gradient_accumulation_steps < 1:
+            raise ValueError(f"gradient_accumulation_steps must be >= 1, got {self.gradient_accumulation_steps}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1) or null, got {self.ema_decay}")
         self.recon_weights = tuple(self.recon_weights)
 
     def to_dict(self) -> dict:

@@ -31,6 +31,11 @@ has consumed n samples resumes exactly with the same seed and `skip=n` (skipped 
 decoded). That is exact for num_workers = 0 (the tiny config). With num_workers > 0 the shards are
 split between workers (wds.split_by_worker), each worker has its own seeded stream and skips
 skip // num_workers samples, so resume is only approximate.
+
+Several processes (`rank`, `processes`): every process reads the same stream and keeps its share,
+consecutive chunks of `batch_size` samples dealt round-robin (chunk c to process c % processes), so
+together they consume the one-process stream in order; other processes' samples are not decoded.
+`skip` counts samples of the whole stream and should be a multiple of batch_size x processes.
 """
 
 from __future__ import annotations
@@ -191,12 +196,14 @@ def decode_sample(raw: dict, frames: int, height: int, width: int, depth_max: fl
 class PointVidStream(IterableDataset):
     """The endless, seeded sample stream of `make_loader` (one per DataLoader worker)."""
 
-    def __init__(self, urls: list[str], frames: int, height: int, width: int, depth_max: float, synthetic_mix: float | None, seed: int, shuffle_buffer: int, skip: int):
+    def __init__(self, urls: list[str], frames: int, height: int, width: int, depth_max: float, synthetic_mix: float | None, seed: int, shuffle_buffer: int, skip: int,
+                 rank: int = 0, processes: int = 1, batch_size: int = 1):
         if synthetic_mix is not None and not 0 <= synthetic_mix <= 1:
             raise ValueError(f"synthetic_mix must be in [0, 1] or None, got {synthetic_mix}")
         frame_indices(frames)  # raises early on an impossible frame count
         self.urls, self.frames, self.height, self.width, self.depth_max = urls, frames, height, width, depth_max
         self.synthetic_mix, self.seed, self.shuffle_buffer, self.skip = synthetic_mix, seed, shuffle_buffer, skip
+        self.rank, self.processes, self.batch_size = rank, processes, batch_size
 
     def raw_samples(self) -> Iterator[dict]:
         """Undecoded samples in stream order, after mixing, shuffling and `skip`."""
@@ -215,7 +222,10 @@ class PointVidStream(IterableDataset):
             synthetic = shuffled_epochs(urls, is_synthetic, self.shuffle_buffer, rng("synthetic"))
             real = shuffled_epochs(urls, lambda raw: not is_synthetic(raw), self.shuffle_buffer, rng("real"))
             stream = mix_streams(synthetic, real, self.synthetic_mix, rng("mix"))
-        yield from itertools.islice(stream, self.skip // workers, None)
+        stream = itertools.islice(stream, self.skip // workers, None)
+        for index, raw in enumerate(stream):
+            if index // self.batch_size % self.processes == self.rank:
+                yield raw
         raise ValueError(f"no PointVid samples in {urls}")  # the stream only ends if the shards are empty
 
     def __iter__(self) -> Iterator[dict]:
@@ -235,12 +245,15 @@ def make_loader(
     num_workers: int = 0,
     shuffle_buffer: int = 64,
     skip: int = 0,
+    rank: int = 0,
+    processes: int = 1,
 ) -> DataLoader:
     """Endless DataLoader of normalised PointVid batches (module docstring: layout, normalisation,
     mixing, resume). `shards`: paths or URLs (file://, http(s)://, any fsspec scheme), brace patterns
-    allowed. To resume after n consumed samples (steps x batch_size), pass the same seed and skip=n."""
+    allowed. To resume after n consumed samples (steps x batch_size), pass the same seed and skip=n.
+    With `processes` > 1 this process (`rank`) gets every processes-th chunk of batch_size samples."""
     urls = expand_shards(shards)
     if not urls:
         raise ValueError(f"no shards in {shards!r}")
-    dataset = PointVidStream(urls, frames, height, width, depth_max, synthetic_mix, seed, shuffle_buffer, skip)
+    dataset = PointVidStream(urls, frames, height, width, depth_max, synthetic_mix, seed, shuffle_buffer, skip, rank, processes, batch_size)
     return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from .config import TrainConfig
 from .data import fit_frames
@@ -27,9 +28,14 @@ from .model import GUIDANCE_SCALE, VideoPointModel
 
 
 def load_model(checkpoint: Path) -> tuple[VideoPointModel, TrainConfig]:
+    """The checkpoint's model, with its EMA weights when the run kept them (what one samples with)."""
     config = TrainConfig(**json.loads((checkpoint / "state.json").read_text())["config"])
     model = build_model(config)
     load_checkpoint(checkpoint, model, optimizer=None)
+    if (checkpoint / "ema.safetensors").exists():
+        unexpected = model.load_state_dict(load_file(checkpoint / "ema.safetensors"), strict=False).unexpected_keys
+        if unexpected:
+            raise KeyError(f"{checkpoint / 'ema.safetensors'} holds weights this model does not have: {unexpected[:5]}")
     return model.eval(), config
 
 
