@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import struct
+import time
 from pathlib import Path
 
 import av
@@ -174,6 +177,34 @@ def test_unreadable_inputs(tmp_path):
     assert rejection(tmp_path / "missing.mp4").reason is RejectionReason.unreadable_video
     assert rejection(tmp_path).reason is RejectionReason.unreadable_video  # a directory
     assert rejection("nosuchprotocol://clip.mp4").reason is RejectionReason.unreadable_video
+
+
+def test_a_named_pipe_is_refused_at_once_not_read(tmp_path):
+    """Nothing ever writes to this pipe: opening it for reading would block the run forever."""
+    pipe = tmp_path / "camera.mp4"
+    os.mkfifo(pipe)
+
+    def blocked(*_):
+        raise TimeoutError("decode_clip blocked on the named pipe")
+
+    previous = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(10)  # a regression must fail this test, not hang the suite
+    try:
+        started = time.monotonic()
+        rejected = rejection(pipe)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert rejected.reason is RejectionReason.unreadable_video and "named pipe" in rejected.detail
+    assert time.monotonic() - started < 5
+
+
+def test_local_names_with_colons_are_paths_not_fsspec_url_chains(tmp_path):
+    source = shared_video("bedroom.mp4")
+    odd = tmp_path / "take::2.mp4"
+    odd.write_bytes(source.read_bytes())
+    frames, info = decode_clip(str(odd))
+    assert np.array_equal(frames, decode_clip(str(source))[0]) and info["uri"] == str(odd)
 
 
 def test_audio_only_file_has_no_video_stream(tmp_path):

@@ -6,6 +6,10 @@ becomes one ledger row instead of a crashed run.
 
 from __future__ import annotations
 
+import os
+import stat
+from typing import BinaryIO
+
 import av
 import cv2
 import fsspec
@@ -39,11 +43,7 @@ def decode_clip(
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
     start_s = max(0.0, start or 0.0)
-    try:
-        file = fsspec.open(uri, "rb").open()
-    except (OSError, ValueError) as error:  # missing path, a directory, unknown protocol
-        raise SampleRejected(RejectionReason.unreadable_video, f"{uri}: {type(error).__name__}: {error}") from error
-    with file:
+    with open_video_source(uri) as file:
         if not file.read(1):
             raise SampleRejected(RejectionReason.unreadable_video, f"{uri}: zero-byte file")
         file.seek(0)
@@ -51,6 +51,25 @@ def decode_clip(
     _check_reference_frame(frames[0], uri)
     info.update(uri=uri, start_s=start_s, end_s=end)
     return frames, info
+
+
+def open_video_source(uri: str) -> BinaryIO:
+    """A binary file object for `uri`: a URL ("scheme://...") through fsspec, anything else as a local path.
+
+    Local paths are opened directly, never parsed by fsspec, where "a::b.mp4" would be a URL chain. They
+    must be regular files: a named pipe (or a device) would block the run forever waiting for a writer.
+    Raises SampleRejected(unreadable_video) for a missing or non-regular file or an unknown protocol.
+    """
+    try:
+        if "://" in uri:
+            return fsspec.open(uri, "rb").open()
+        mode = os.stat(uri).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode) else "not a regular file"
+            raise SampleRejected(RejectionReason.unreadable_video, f"{uri}: {kind}; only regular files are read (a pipe or device can block forever)")
+        return open(uri, "rb")  # noqa: SIM115 - the caller closes it
+    except (OSError, ValueError) as error:  # missing path, no permission, unknown protocol
+        raise SampleRejected(RejectionReason.unreadable_video, f"{uri}: {type(error).__name__}: {error}") from error
 
 
 def _decode_span(file, start_s, end_s, stride, frame_count, width, height) -> tuple[np.ndarray, dict]:
