@@ -67,7 +67,7 @@ def open_video_source(uri: str) -> BinaryIO:
         if not stat.S_ISREG(mode):
             kind = "a directory" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode) else "not a regular file"
             raise SampleRejected(RejectionReason.unreadable_video, f"{uri}: {kind}; only regular files are read (a pipe or device can block forever)")
-        return open(uri, "rb")  # noqa: SIM115 - the caller closes it
+        return open(uri, "rb")  # the caller closes it
     except (OSError, ValueError) as error:  # missing path, no permission, unknown protocol
         raise SampleRejected(RejectionReason.unreadable_video, f"{uri}: {type(error).__name__}: {error}") from error
 
