@@ -199,6 +199,14 @@ def evaluate_command(args) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a count of at least 1 (argparse turns the ValueError into a one-line error, exit 2)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pointvid", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -207,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     for sub in (run_parser, partitions_parser):
         sub.add_argument("--manifest", help="CSV/JSONL/Parquet or Panda-70M table; default: the embedded synthetic scenes")
         sub.add_argument("--data-dir", help="where everything is written (default ./pointvid_data or $POINTVID_DATA_DIR)")
-        sub.add_argument("--shard-size", type=int, help="clips per partition (default 8 for synthetic scenes, 64 for manifests)")
+        sub.add_argument("--shard-size", type=positive_int, help="clips per partition (default 8 for synthetic scenes, 64 for manifests)")
         sub.add_argument("--profile", choices=("cpu", "paper"), help="backend profile (default cpu)")
     run_parser.add_argument("--partition", action="append", help="only this partition (repeatable), e.g. shard-00000")
     run_parser.add_argument("--retry-transient", action="store_true", help="process again only the rows the last run rejected for a transient reason (backend_error); all else stays untouched")
@@ -222,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     evaluate_parser.add_argument("dataset_dir", help="the `dataset/` folder of a data directory (its shards/ and stages/ beside it)")
     evaluate_parser.add_argument("--out", help="folder for evaluation.parquet (default: DATASET_DIR)")
     args = parser.parse_args(argv)
+    manifest = getattr(args, "manifest", None)
+    if manifest and "://" not in manifest and not Path(manifest).is_file():  # URLs are checked when read
+        parser.error(f"--manifest {manifest}: no such file")
     commands_by_name = {"run": run, "partitions": partitions_command, "inspect": inspect_command, "stats": stats_command, "evaluate": evaluate_command}
     return commands_by_name[args.command](args)
 
