@@ -23,12 +23,13 @@ import functools
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 import torch.utils.checkpoint
 from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLUNet
 from diffusers.models.attention_processor import Attention
 from torch import nn
 from transformers import CLIPImageProcessorPil, CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from .data import fit_frames
 
 # I2VGen-XL's noise schedule, with "trailing" timestep spacing: with zero-SNR rescaling, "leading"
 # spacing never samples the last (pure-noise) timestep and sampling starts at t = 960 (Lin et al.,
@@ -160,15 +161,11 @@ def image_latents_with_position_mask(first_latents: torch.Tensor, frames: int) -
 
 
 def clip_image_input(first_frame: torch.Tensor, processor: CLIPImageProcessorPil) -> torch.Tensor:
-    """(B, 3, H, W) in [-1, 1] -> CLIP pixel values: centre square crop, bilinear resize to the encoder's
-    input size, CLIP mean/std (I2VGen-XL's pipeline prepares the image this way). Training and sampling
-    both call this."""
-    height, width = first_frame.shape[-2:]
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    square = first_frame[..., top : top + side, left : left + side]
+    """(B, 3, H, W) in [-1, 1] -> CLIP pixel values: centre square crop and bilinear resize to the encoder's
+    input size (`data.fit_frames`, as I2VGen-XL's pipeline prepares its image), then CLIP mean/std.
+    Training and sampling both call this."""
     size = processor.crop_size
-    resized = F.interpolate(square.float(), size=(size["height"], size["width"]), mode="bilinear", align_corners=False, antialias=True)
+    resized = fit_frames(first_frame.float(), size["height"], size["width"])
     mean = torch.tensor(processor.image_mean, device=first_frame.device).view(1, 3, 1, 1)
     std = torch.tensor(processor.image_std, device=first_frame.device).view(1, 3, 1, 1)
     return ((resized + 1) / 2 - mean) / std
