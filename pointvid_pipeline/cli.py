@@ -129,7 +129,8 @@ def run(args, settings, partitions: list[str]) -> int:
     print(f"dataset card: {settings.dataset_dir / 'README.md'}")
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())
-        print(f"samples: {summary['accepted']} accepted, {summary['rejected']} rejected {summary['rejections_by_reason']} of {summary['input_rows']} input rows")
+        unfinished = f", {summary['rows_without_shard']} in partitions without a finished shard" if summary["rows_without_shard"] else ""
+        print(f"samples: {summary['accepted']} accepted, {summary['rejected']} rejected {summary['rejections_by_reason']}{unfinished} of {summary['input_rows']} input rows")
     print(f"dagster home: {home} (open with: DAGSTER_HOME={home} dagster dev -w workspace.yaml)")
     if failed or not dataset_ok:
         print(f"FAILED partitions: {failed}; dataset roll-up {'ok' if dataset_ok else 'failed'}", file=sys.stderr)

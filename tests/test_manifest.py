@@ -7,10 +7,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from pointvid_pipeline.backends.registry import lazy_backends
-from pointvid_pipeline.pipeline import partition_rows, run_stage
+from pointvid_pipeline.dataset import build_dataset
+from pointvid_pipeline.pipeline import STAGES, partition_rows, run_stage
 from pointvid_pipeline.settings import PipelineSettings
 from pointvid_pipeline.storage.manifest import ManifestError, read_manifest
 from pointvid_pipeline.storage.stage_store import StageStore
+from pointvid_pipeline.tools.dataset_stats import collect, format_report
 
 
 def test_plain_csv_resolves_relative_paths(shared_videos):
@@ -161,6 +163,28 @@ def test_csv_records_that_do_not_parse_fail_alone(tmp_path):
         None,
         "line 5: unexpected end of data (lines 5-6 not read: a quote left open?)",
     ]
+
+
+def test_card_counts_input_rows_from_the_manifest_including_rows_not_in_a_finished_shard(tmp_path):
+    (tmp_path / "m.jsonl").write_text(
+        '{"video": "missing_1.mp4", "caption": "A dog runs."}\n'
+        "not json\n"
+        '{"video": "", "caption": "A cat sits."}\n'
+        '{"video": "missing_2.mp4", "caption": "A bird flies."}\n'
+        '{"video": "missing_3.mp4", "caption": "A ball rolls."}\n'
+    )
+    settings = PipelineSettings(data_dir=tmp_path / "data", manifest=str(tmp_path / "m.jsonl"), shard_size=3)
+    partitions = list(partition_rows(settings))
+    assert partitions == ["shard-00000", "shard-00001"]
+    for stage in STAGES:  # only the first partition is curated
+        run_stage(stage, partitions[0], settings, lazy_backends("cpu"))
+    summary = build_dataset(settings, partitions)
+    assert (summary["input_rows"], summary["accepted"], summary["rejected"], summary["rows_without_shard"]) == (5, 0, 3, 2)
+    assert summary["rejections_by_reason"] == {"invalid_manifest_row": 2, "unreadable_video": 1}
+    assert summary["partitions_without_shard"] == ["shard-00001"]
+    card = (settings.dataset_dir / "README.md").read_text()
+    assert "Input rows: 5; accepted samples: 0; rejected: 3; in partitions without a finished shard: 2 (shard-00001)." in card
+    assert format_report(collect(settings.dataset_dir)).startswith("5 input rows: 0 accepted, 3 rejected, 2 in partitions without a finished shard\n")
 
 
 def test_a_manifest_that_loses_its_video_column_fails_the_dagster_run_with_the_message(tmp_path):
