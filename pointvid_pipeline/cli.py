@@ -28,18 +28,28 @@ def _apply_arguments_to_environment(args) -> None:
         os.environ["POINTVID_PROFILE"] = args.profile
 
 
-def _settings_and_home(args):
-    """Settings from arguments + env, and a persistent Dagster home (never the CLI's temporary one)."""
-    _apply_arguments_to_environment(args)
+def _settings_and_partitions(args, parser: argparse.ArgumentParser):
+    """Settings from the arguments and env, and the input's partitions. Bad settings or a manifest that
+    cannot be read (ManifestError) end in argparse's one-line error, before anything is written."""
+    from pointvid_pipeline.pipeline import partition_rows
     from pointvid_pipeline.settings import PipelineSettings
 
-    settings = PipelineSettings.from_env()
+    _apply_arguments_to_environment(args)
+    try:
+        settings = PipelineSettings.from_env()
+        return settings, list(partition_rows(settings))
+    except ValueError as exc:  # an unknown POINTVID_PROFILE or POINTVID_MANIFEST_ENCODING; ManifestError: no video column, unreadable, unparseable
+        parser.error(" ".join(str(exc).splitlines()))
+
+
+def _dagster_home(settings) -> Path:
+    """A persistent Dagster home (never the CLI's temporary one)."""
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(settings.data_dir / "dagster_home"))).resolve()
     os.environ["DAGSTER_HOME"] = str(home)
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
         (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    return settings, home
+    return home
 
 
 def register_partitions(instance, partitions: list[str]) -> list[str]:
@@ -54,13 +64,10 @@ def register_partitions(instance, partitions: list[str]) -> list[str]:
     return new
 
 
-def partitions_command(args) -> int:
-    settings, home = _settings_and_home(args)
+def partitions_command(args, settings, partitions: list[str]) -> int:
+    home = _dagster_home(settings)
     from dagster import DagsterInstance
 
-    from pointvid_pipeline.pipeline import partition_rows
-
-    partitions = list(partition_rows(settings))
     with DagsterInstance.get() as instance:
         new = register_partitions(instance, partitions)
     print(f"{len(partitions)} partitions ({len(new)} new) registered in {home}:", file=sys.stderr)
@@ -86,18 +93,16 @@ def _partitions_to_retry(settings, partitions: list[str], reasons: list[str]) ->
     return chosen
 
 
-def run(args) -> int:
-    settings, home = _settings_and_home(args)
+def run(args, settings, partitions: list[str]) -> int:
+    home = _dagster_home(settings)
     from dagster import DagsterInstance
     from tqdm import tqdm
 
     from pointvid_pipeline.dagster_defs.assets import RETRY_TAG
     from pointvid_pipeline.dagster_defs.definitions import build_definitions
-    from pointvid_pipeline.pipeline import partition_rows
     from pointvid_pipeline.rejections import TRANSIENT_REASONS
 
     defs = build_definitions(settings)
-    partitions = list(partition_rows(settings))
     tags = {}
     if args.retry_transient:
         reasons = sorted(TRANSIENT_REASONS)
@@ -124,7 +129,8 @@ def run(args) -> int:
     print(f"dataset card: {settings.dataset_dir / 'README.md'}")
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())
-        print(f"samples: {summary['accepted']} accepted, {summary['rejected']} rejected {summary['rejections_by_reason']} of {summary['input_rows']} input rows")
+        unfinished = f", {summary['rows_without_shard']} in partitions without a finished shard" if summary["rows_without_shard"] else ""
+        print(f"samples: {summary['accepted']} accepted, {summary['rejected']} rejected {summary['rejections_by_reason']}{unfinished} of {summary['input_rows']} input rows")
     print(f"dagster home: {home} (open with: DAGSTER_HOME={home} dagster dev -w workspace.yaml)")
     if failed or not dataset_ok:
         print(f"FAILED partitions: {failed}; dataset roll-up {'ok' if dataset_ok else 'failed'}", file=sys.stderr)
@@ -233,8 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     manifest = getattr(args, "manifest", None)
     if manifest and "://" not in manifest and not Path(manifest).is_file():  # URLs are checked when read
         parser.error(f"--manifest {manifest}: no such file")
-    commands_by_name = {"run": run, "partitions": partitions_command, "inspect": inspect_command, "stats": stats_command, "evaluate": evaluate_command}
-    return commands_by_name[args.command](args)
+    for option, folder in (("--data-dir", getattr(args, "data_dir", None)), ("--out", getattr(args, "out", None))):
+        if folder and Path(folder).exists() and not Path(folder).is_dir():
+            parser.error(f"{option} {folder}: is a file, not a folder")
+    if args.command in ("run", "partitions"):
+        settings, partitions = _settings_and_partitions(args, parser)
+        return (run if args.command == "run" else partitions_command)(args, settings, partitions)
+    return {"inspect": inspect_command, "stats": stats_command, "evaluate": evaluate_command}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from pointvid_pipeline.evaluation.point_map_accuracy import evaluate_dataset, markdown_tables, summarise
 from pointvid_pipeline.evaluation.track_errors import stage_track_rows
+from pointvid_pipeline.pipeline import partition_rows
 from pointvid_pipeline.settings import PipelineSettings
 from pointvid_pipeline.storage.publish import join_uri, publish_file
 from pointvid_pipeline.storage.shard_format import SCHEMA_VERSION
@@ -99,14 +100,19 @@ def write_evaluation_parquet(path: Path, rows: list[dict]) -> None:
 def build_dataset(settings: PipelineSettings, partitions: list[str], storage_options: dict | None = None) -> dict:
     """Collect every partition's shard index; write samples/rejections Parquet, card and summary.
 
+    `input_rows` counts the input's rows (manifest or scenes) in `partitions`, not the shards' contents:
+    rows of a partition without a finished shard show as `rows_without_shard`.
+
     With `settings.output_uri` the files are then published to `<output_uri>/dataset/` and the
     returned summary (not summary.json) names that folder as `published_uri`. `storage_options`
     as in `write_partition_shard`: None reads POINTVID_STORAGE_OPTIONS.
     """
-    samples, rejections, metas, shards = [], [], [], []
+    rows_by_partition = partition_rows(settings)
+    samples, rejections, metas, shards, unfinished = [], [], [], [], []
     for partition in partitions:
         index_path = settings.shards_dir / f"{partition}.json"
         if not index_path.exists():
+            unfinished.append(partition)
             continue
         index = json.loads(index_path.read_text())
         shards.append({"partition": partition, "tar": index["tar"], "bytes": index["bytes"], "md5": index["md5"], "samples": len(index["samples"])})
@@ -130,7 +136,9 @@ def build_dataset(settings: PipelineSettings, partitions: list[str], storage_opt
         "shards": shards,
         "accepted": len(samples),
         "rejected": len(rejections),
-        "input_rows": len(samples) + len(rejections),
+        "input_rows": sum(len(rows_by_partition.get(p, [])) for p in partitions),
+        "rows_without_shard": sum(len(rows_by_partition.get(p, [])) for p in unfinished),
+        "partitions_without_shard": unfinished,
         "rejections_by_reason": dict(sorted(Counter(r["reason"] for r in rejections).items())),
         "backends": sorted({f"{stage}: {tag}" for m in metas for stage, tag in m["backends"].items()}),
         "bytes_per_sample": float(np.mean([s["bytes"] for s in samples])) if samples else 0.0,
@@ -147,13 +155,18 @@ def build_dataset(settings: PipelineSettings, partitions: list[str], storage_opt
     return summary
 
 
+def _first_names(names: list[str], shown: int = 5) -> str:
+    return ", ".join(names[:shown]) + (f", ... ({len(names)} in all)" if len(names) > shown else "")
+
+
 def dataset_card(summary: dict, quality_section: str) -> str:
     lines = [
         "# PointVid dataset card",
         "",
         f"Schema version {summary['schema_version']} (see docs/architecture.md). Input: {summary['input']}. Profile: `{summary['profile']}`.",
         "",
-        f"- Input rows: {summary['input_rows']}; accepted samples: {summary['accepted']}; rejected: {summary['rejected']}.",
+        f"- Input rows: {summary['input_rows']}; accepted samples: {summary['accepted']}; rejected: {summary['rejected']}"
+        + (f"; in partitions without a finished shard: {summary['rows_without_shard']} ({_first_names(summary['partitions_without_shard'])})." if summary["partitions_without_shard"] else "."),
         f"- Shards: {len(summary['shards'])}; mean bytes per sample: {summary['bytes_per_sample'] / 1e6:.2f} MB.",
         "",
         "## Rejections by reason",

@@ -321,8 +321,8 @@ STAGE_FUNCTIONS = {
 
 
 @lru_cache(maxsize=4)
-def _manifest_rows(uri: str, version: str) -> tuple[InputRow, ...]:
-    return tuple(read_manifest(uri))
+def _manifest_rows(uri: str, version: str, fallback_encoding: str) -> tuple[InputRow, ...]:
+    return tuple(read_manifest(uri, fallback_encoding))
 
 
 def input_rows(settings: PipelineSettings) -> list[InputRow]:
@@ -332,7 +332,7 @@ def input_rows(settings: PipelineSettings) -> list[InputRow]:
     a 70K-row manifest takes seconds to parse).
     """
     if settings.manifest:
-        return list(_manifest_rows(settings.manifest, manifest_version(settings.manifest)))
+        return list(_manifest_rows(settings.manifest, manifest_version(settings.manifest), settings.manifest_encoding))
     from pointvid_pipeline.synthetic.scenes import load_default_scenes, scene_caption
 
     return synthetic_rows([(spec.name, scene_caption(spec)) for spec in load_default_scenes(settings.scenes)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ PROFILES = ("cpu", "paper")
 DENSIFICATION_METHODS = ("displacement", "paper")  # see stages/point_maps.py
 SMOOTHING_PRESETS = ("rigid-tracks", "paper")  # see stages/smoothing.py
 PROFILE_SMOOTHING = {"cpu": "rigid-tracks", "paper": "paper"}
+MANIFEST_FALLBACK_ENCODING = "cp1252"  # what Windows spreadsheets save "CSV" in; lines that are not UTF-8 are read in it
 
 
 @dataclass(frozen=True)
@@ -18,7 +20,8 @@ class PipelineSettings:
     """Everything a run needs besides the backends.
 
     data_dir: the one directory all outputs go to (stage files, shards, dataset card, Dagster home).
-    manifest: CSV / JSONL / Parquet / Panda-70M table of (video, caption); None = synthetic scenes.
+    manifest: CSV / TSV / JSONL / JSON / Parquet / Panda-70M table of (video, caption); None = synthetic scenes.
+    manifest_encoding: how a text manifest's lines that are not UTF-8 are read (no byte-order mark).
     scenes: JSON list of synthetic scene specs (assets/scenes/default_scenes.json's format) curated when
         there is no manifest; None = the embedded default scenes.
     shard_size: clips per partition (8 for the default scenes, 64 for real manifests unless set).
@@ -30,6 +33,7 @@ class PipelineSettings:
 
     data_dir: Path = Path("pointvid_data")
     manifest: str | None = None
+    manifest_encoding: str = MANIFEST_FALLBACK_ENCODING
     scenes: str | None = None
     shard_size: int | None = None
     profile: str = "cpu"
@@ -47,6 +51,10 @@ class PipelineSettings:
             raise ValueError(f"POINTVID_SMOOTHING must be one of {SMOOTHING_PRESETS}, got {self.smoothing!r}")
         if self.densification not in DENSIFICATION_METHODS:
             raise ValueError(f"POINTVID_DENSIFICATION must be one of {DENSIFICATION_METHODS}, got {self.densification!r}")
+        try:
+            codecs.lookup(self.manifest_encoding)
+        except LookupError:
+            raise ValueError(f"POINTVID_MANIFEST_ENCODING: unknown encoding {self.manifest_encoding!r} (e.g. cp1252, latin-1, utf-8)") from None
         if self.profile not in PROFILES:
             raise ValueError(f"POINTVID_PROFILE must be one of {PROFILES}, got {self.profile!r}")
         for variable, uri in (("POINTVID_MANIFEST", self.manifest), ("POINTVID_OUTPUT_URI", self.output_uri)):
@@ -82,6 +90,7 @@ class PipelineSettings:
         return cls(
             data_dir=Path(env.get("POINTVID_DATA_DIR", "pointvid_data")).resolve(),
             manifest=env.get("POINTVID_MANIFEST") or None,
+            manifest_encoding=env.get("POINTVID_MANIFEST_ENCODING") or MANIFEST_FALLBACK_ENCODING,
             scenes=env.get("POINTVID_SCENES") or None,
             shard_size=int(shard_size) if shard_size else None,
             profile=env.get("POINTVID_PROFILE", "cpu"),

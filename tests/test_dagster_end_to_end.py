@@ -70,8 +70,10 @@ def test_dataset_card_reports_ground_truth_errors(run):
     settings, partition, _, _, dataset_result = run
     assert dataset_result.success
     summary = json.loads((settings.dataset_dir / "summary.json").read_text())
-    rows = len(partition_rows(settings)[partition])
-    assert summary["accepted"] == rows and summary["input_rows"] == rows
+    partitions = partition_rows(settings)
+    rows, others = len(partitions[partition]), [p for p in partitions if p != partition]
+    assert summary["accepted"] == rows and summary["input_rows"] == sum(map(len, partitions.values()))  # every scene, curated or not
+    assert summary["partitions_without_shard"] == others and summary["rows_without_shard"] == summary["input_rows"] - rows
     quality = summary["quality_vs_ground_truth"]
     assert set(quality["tracks"]) == {"all", "shipped"}
     for figures in quality["tracks"].values():

@@ -143,7 +143,6 @@ def dataset(context: AssetExecutionContext) -> MaterializeResult:
     settings = context.resources.pipeline_settings.settings()
     partitions = list(partition_rows(settings))
     summary = build_dataset(settings, partitions, context.resources.pipeline_settings.storage_options())
-    missing = [p for p in partitions if not (settings.shards_dir / f"{p}.json").exists()]
     point_map = summary["quality_vs_ground_truth"].get("point_map", {})
     lost = point_map.get("lost_objects_shipped", [])
     pooled = point_map.get("pooled", {}).get("all/1-15", {})
@@ -160,7 +159,8 @@ def dataset(context: AssetExecutionContext) -> MaterializeResult:
             "accepted": summary["accepted"],
             "rejected": summary["rejected"],
             "input_rows": summary["input_rows"],
-            "partitions_missing_shards": MetadataValue.json(missing),
+            "rows_without_shard": summary["rows_without_shard"],
+            "partitions_missing_shards": MetadataValue.json(summary["partitions_without_shard"]),
             "rejections_by_reason": MetadataValue.json(summary["rejections_by_reason"]),
             "quality_vs_ground_truth": MetadataValue.json(summary["quality_vs_ground_truth"]),
             "bytes_per_sample": round(summary["bytes_per_sample"]),

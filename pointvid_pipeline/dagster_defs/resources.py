@@ -16,7 +16,7 @@ from pydantic import Field, PrivateAttr
 
 from pointvid_pipeline.backends.llm import API_KEY_ENV
 from pointvid_pipeline.backends.registry import BACKENDS, StageBackends, backend_name, create_backend
-from pointvid_pipeline.settings import PipelineSettings
+from pointvid_pipeline.settings import MANIFEST_FALLBACK_ENCODING, PipelineSettings
 from pointvid_pipeline.storage.publish import STORAGE_OPTIONS_ENV, parse_storage_options
 
 
@@ -34,6 +34,7 @@ class PipelineSettingsResource(ConfigurableResource):
 
     data_dir: str
     manifest: str = ""
+    manifest_encoding: str = MANIFEST_FALLBACK_ENCODING
     scenes: str = ""
     shard_size: int = 0
     profile: str = "cpu"
@@ -50,7 +51,7 @@ class PipelineSettingsResource(ConfigurableResource):
     @classmethod
     def from_settings(cls, settings: PipelineSettings) -> "PipelineSettingsResource":
         return cls(
-            data_dir=str(settings.data_dir), manifest=settings.manifest or "", scenes=settings.scenes or "", shard_size=settings.shard_size or 0,
+            data_dir=str(settings.data_dir), manifest=settings.manifest or "", manifest_encoding=settings.manifest_encoding, scenes=settings.scenes or "", shard_size=settings.shard_size or 0,
             profile=settings.profile, frame_stride=settings.frame_stride, grid_size=settings.grid_size,
             background_fraction=settings.background_fraction, kalman_rts=settings.kalman_rts, smoothing=settings.smoothing, densification=settings.densification,
             batch_size=settings.batch_size, output_uri=settings.output_uri or "", storage_options_json=optional_env_var(STORAGE_OPTIONS_ENV),
@@ -58,7 +59,7 @@ class PipelineSettingsResource(ConfigurableResource):
 
     def settings(self) -> PipelineSettings:
         return PipelineSettings(
-            data_dir=Path(self.data_dir), manifest=self.manifest or None, scenes=self.scenes or None, shard_size=self.shard_size or None,
+            data_dir=Path(self.data_dir), manifest=self.manifest or None, manifest_encoding=self.manifest_encoding, scenes=self.scenes or None, shard_size=self.shard_size or None,
             profile=self.profile, frame_stride=self.frame_stride, grid_size=self.grid_size,
             background_fraction=self.background_fraction, kalman_rts=self.kalman_rts, smoothing=self.smoothing, densification=self.densification,
             batch_size=self.batch_size, output_uri=self.output_uri or None,

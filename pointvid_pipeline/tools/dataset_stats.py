@@ -30,6 +30,7 @@ VISIBLE_FIELDS = (("visible fraction (track-frames)", "visible_fraction"), ("for
 class DatasetStats:
     input_rows: int
     accepted: int
+    rows_without_shard: int  # input rows of partitions with no finished shard: neither accepted nor rejected yet
     rejections: list[tuple[str, int]]  # (reason, count), most frequent first
     visible: dict[str, np.ndarray]  # label -> one value per accepted sample
     track_lengths: np.ndarray  # one value per track of every accepted sample with stage files
@@ -66,6 +67,7 @@ def collect(dataset_dir: Path) -> DatasetStats:
     return DatasetStats(
         input_rows=summary.get("input_rows", len(samples) + len(rejections)),
         accepted=len(samples),
+        rows_without_shard=summary.get("rows_without_shard", 0),
         rejections=sorted(counts.items(), key=lambda item: (-item[1], item[0])),
         visible={label: np.asarray(values, float) for label, values in visible.items()},
         track_lengths=np.concatenate(lengths).astype(int) if lengths else np.zeros(0, int),
@@ -86,7 +88,9 @@ def format_report(stats: DatasetStats) -> str:
         return f"{100 * count / stats.input_rows:5.1f}%" if stats.input_rows else "    -"
 
     width = max([len("accepted"), *(len(reason) for reason, _ in stats.rejections)])
-    lines = [f"{stats.input_rows} input rows: {stats.accepted} accepted, {stats.input_rows - stats.accepted} rejected", "",
+    rejected = sum(count for _, count in stats.rejections)
+    unfinished = f", {stats.rows_without_shard} in partitions without a finished shard" if stats.rows_without_shard else ""
+    lines = [f"{stats.input_rows} input rows: {stats.accepted} accepted, {rejected} rejected{unfinished}", "",
              f"{'reason':<{width}}  {'count':>6}  share", f"{'accepted':<{width}}  {stats.accepted:>6}  {share(stats.accepted)}"]
     lines += [f"{reason:<{width}}  {count:>6}  {share(count)}" for reason, count in stats.rejections]
     if not stats.rejections:
