@@ -71,6 +71,10 @@ def test_nouns_that_are_verbs_here_are_not_objects(extractor):
     assert names(extractor, "A woman is painting a painting.") == ["woman", "painting"]
 
 
+def test_clothing_is_an_object_unless_worn(extractor):
+    assert names(extractor, "A man in a black and white jacket is folding a shirt next to a woman wearing a hat.") == ["man", "shirt", "woman"]
+
+
 def test_vague_and_filming_words_are_not_objects(extractor):
     assert names(extractor, "A close up view of the scene from the camera, the top and the side of a thing in the background.") == []
 

@@ -43,6 +43,7 @@ PLURAL_DETERMINERS = {"these", "those", "some", "several", "many", "both", "two"
 # A noun that is also a verb is the verb right after these ("he watches", "to fly", "the camera pans").
 VERB_CUES = {"i", "you", "he", "she", "it", "we", "they", "who", "to", "can", "could", "will", "would", "should", "may", "might", "must", "does", "do", "did", "not", "camera"}
 PUNCTUATION = set(",;:.!?()")
+WORN_CUES = {"in", "wearing", "wears", "dressed"}  # clothing after these is what a person wears, not an object of the clip
 # Words that end a noun phrase when looking back for its determiner ("a woman is carrying grocery bags": no determiner).
 PHRASE_BREAKS = PUNCTUATION | {"is", "are", "was", "were", "be", "been", "being", "has", "have", "had", "and", "or", "of", "in", "on", "at", "with", "to", "from", "by", "for", "into", "onto", "while", "as"}
 
@@ -81,7 +82,7 @@ class _Noun:
     start: int
     end: int
     name: str
-    kind: str  # "o" object, "s" scenery
+    kind: str  # "o" object, "w" clothing (an object unless worn), "s" scenery
     verb: str  # "", "v" also a verb, "V" mostly a verb, "g" -ing form of a verb
     inflected: bool  # written as a plural (or a verb's -s form)
     is_verb: bool = False
@@ -117,7 +118,7 @@ class LexicalObjectExtractor:
             noun.is_verb = _reads_as_verb(noun, previous, tokens)
         nouns = [noun for noun in nouns if not noun.is_verb]
         heads = [noun for noun, following in zip(nouns, [*nouns[1:], None]) if noun.inflected or not (following and following.start == noun.end)]
-        names = [noun.name for noun in heads if noun.kind == "o"]
+        names = [noun.name for noun in heads if noun.kind == "o" or (noun.kind == "w" and not _is_worn(noun, tokens))]
         return list(dict.fromkeys(names))[:MAX_OBJECTS]
 
     def _find_nouns(self, tokens: list[str]) -> list[_Noun]:
@@ -150,7 +151,7 @@ class LexicalObjectExtractor:
                     found.append(_Noun(start, start + length, name, entry[0], entry[1:], inflected=last != words[-1]))
         if length > 1 and found and found[0].inflected and _determiner(found[0], tokens) in SINGULAR_DETERMINERS:
             return None
-        return next((noun for noun in found if noun.kind == "o"), found[0] if found else None)
+        return next((noun for noun in found if noun.kind != "s"), found[0] if found else None)
 
     def _singulars(self, word: str) -> list[str]:
         """The singulars a word may be the plural of; irregular ones are lexicon entries ("geese\t=goose")."""
@@ -187,6 +188,14 @@ def _determiner(noun: _Noun, tokens: list[str]) -> str:
         if token in DETERMINERS or token in PHRASE_BREAKS:
             return token if token in DETERMINERS else ""
     return ""
+
+
+def _is_worn(noun: _Noun, tokens: list[str]) -> bool:
+    """ "a man in a black and white shirt", "wearing a hat": the clothing describes a person."""
+    for token in reversed(tokens[max(0, noun.start - 6) : noun.start]):
+        if token in WORN_CUES or (token in PHRASE_BREAKS and token not in ("and", "or")):
+            return token in WORN_CUES
+    return False
 
 
 def objects_for_caption(objects: list[str]) -> list[str]:

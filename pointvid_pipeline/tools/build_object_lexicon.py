@@ -14,7 +14,8 @@ roads, surfaces, rooms, landforms, places) are written as scenery: never extract
 right before them is a modifier ("grass floor"). Explicit lists below cover what the hierarchy
 gets wrong for captions; each says why.
 
-Line format (UTF-8, sorted): `phrase<TAB>kind` where kind is `o` (object) or `s` (scenery),
+Line format (UTF-8, sorted): `phrase<TAB>kind` where kind is `o` (object), `w` (clothing: an
+object unless worn) or `s` (scenery),
 followed by `v` (also a verb), `V` (mostly a verb) or `g` (the -ing form of a verb) when they
 apply; `form<TAB>=lemma` maps an irregular plural. Phrases are lower-case words joined by one
 space, punctuation removed, as the extractor tokenizes captions.
@@ -53,6 +54,7 @@ SCENERY_ROOTS = {
 OBJECTS_WITHIN_SCENERY = {"03089014": "conduit (pipe, tube)", "03632277": "ladder (carried about; WordNet files it with stairs)"}
 BALL_ROOT = "02778669"  # a sense under "ball" makes a game's name an object too (volleyball, football): the ball is in the clip
 BODY_PART_ROOT = "05220461"
+CLOTHING_ROOT = "03051540"  # written as kind "w": an object, except when worn ("a man in a red jacket")
 LOCATION_LEXFILE = 15  # noun.location: field, park, lawn, city
 MIN_OBJECT_SHARE = 0.2
 
@@ -161,14 +163,14 @@ def sense_kind(wordnet: WordNet, offset: str) -> str:
 
 
 def lemma_kind(wordnet: WordNet, lemma: str) -> str:
-    """'o', 's' or '' for an index.noun lemma (underscored, lower-case), by its senses and how often each is used."""
+    """'o', 'w' (clothing), 's' or '' for an index.noun lemma (underscored, lower-case), by its senses and how often each is used."""
     phrase = normalize(lemma)
     if phrase in FUNCTION_WORDS or phrase in OVER_GENERAL:
         return ""
     if phrase in INCLUDE:
         return "o"
-    if phrase in SCENERY_WORDS:
-        return "s"
+    if phrase.split()[-1] in SCENERY_WORDS:
+        return "s"  # "table", "dinner table", "kitchen floor"
     senses = wordnet.senses[lemma]
     kinds = [sense_kind(wordnet, offset) for offset in senses]
     uses = [wordnet.sense_counts[lemma, offset] for offset in senses]
@@ -180,7 +182,9 @@ def lemma_kind(wordnet: WordNet, lemma: str) -> str:
     if "o" not in kinds or other_pos > wordnet.pos_counts[lemma]["n"] or is_described_head(wordnet, lemma):
         return ""
     ball_game = any(BALL_ROOT in wordnet.ancestors(offset) for offset in senses)
-    return "o" if kinds[0] == "o" or total == 0 or ball_game or object_uses >= MIN_OBJECT_SHARE * total else ""
+    if not (kinds[0] == "o" or total == 0 or ball_game or object_uses >= MIN_OBJECT_SHARE * total):
+        return ""
+    return "w" if CLOTHING_ROOT in wordnet.ancestors(senses[kinds.index("o")]) else "o"
 
 
 def is_described_head(wordnet: WordNet, lemma: str) -> bool:
@@ -229,13 +233,13 @@ def build_lines(wordnet: WordNet) -> list[str]:
     for lemma in sorted(wordnet.senses):
         kind = lemma_kind(wordnet, lemma)
         for phrase in spellings(wordnet, lemma) if kind else ():
-            if phrase and (phrase not in kinds or kind == "o"):
+            if phrase and (phrase not in kinds or kind != "s"):
                 kinds[phrase] = kind + verb_flag(wordnet, lemma)
     plurals = {form: lemma for form, lemma, *_ in wordnet.noun_exceptions}
     plurals.update(IRREGULAR_PLURALS)
     for form, lemma in sorted(plurals.items()):
         form, lemma = normalize(form), normalize(lemma)
-        if kinds.get(lemma, "").startswith("o") and form != lemma:
+        if kinds.get(lemma, "")[:1] in ("o", "w") and form != lemma:
             kinds[form] = "=" + lemma  # "men" are men, not WordNet's work force; "oxen" are oxen, not cattle
     return [f"{phrase}\t{kind}" for phrase, kind in sorted(kinds.items())]
 
@@ -252,7 +256,7 @@ def lexicon_text(wordnet_dir: Path = WORDNET_DIR) -> str:
     header = [
         f"# PointVid object lexicon from WordNet 3.0 (Debian wordnet-base {wordnet_package_version()}), built by pointvid_pipeline/tools/build_object_lexicon.py",
         "# WordNet 3.0 Copyright 2006 by Princeton University. All rights reserved. Licence: WORDNET_LICENSE beside this file",
-        "# phrase<TAB>kind: o object, s scenery, =lemma irregular plural; then v also a verb, V mostly a verb, g -ing form of a verb",
+        "# phrase<TAB>kind: o object, w clothing (an object unless worn), s scenery, =lemma irregular plural; then v also a verb, V mostly a verb, g -ing form of a verb",
     ]
     return "\n".join(header + build_lines(WordNet(wordnet_dir))) + "\n"
 
