@@ -95,12 +95,14 @@ def test_every_synthetic_caption_yields_its_objects_as_the_renderer_names_them(e
     assert checked == 30 * len(FLOORS) * len(CAMERA_PHRASES) * len(MOTIONS)
 
 
-def test_recall_on_hand_marked_panda_style_captions(extractor):
-    captions = [(row["caption"], row["objects"]) for row in BENCHMARK["captions"]]
+@pytest.mark.parametrize("part, least", [("captions", 200), ("held_out_captions", 80)])
+def test_recall_on_hand_marked_panda_style_captions(extractor, part, least):
+    """`captions` guided the extractor's rules; `held_out_captions` were written afterwards and changed nothing."""
+    captions = [(row["caption"], row["objects"]) for row in BENCHMARK[part]]
     recall, precision, misses = recall_and_precision(extractor, captions)
-    print(f"\nlexical@{extractor.version} on {len(captions)} hand-marked captions: recall {recall:.3f}, precision {precision:.3f}")
+    print(f"\nlexical@{extractor.version} on {len(captions)} hand-marked {part}: recall {recall:.3f}, precision {precision:.3f}")
     print("missed:\n  " + "\n  ".join(misses))
-    assert len(captions) >= 200
+    assert len(captions) >= least
     assert recall >= 0.9
 
 
