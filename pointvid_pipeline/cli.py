@@ -13,6 +13,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+from pointvid_pipeline.rejections import ConfigurationError
+
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # the progress bar tells the story; the UI has the logs
 
 
@@ -93,9 +95,10 @@ def run(args) -> int:
 
     from pointvid_pipeline.dagster_defs.assets import RETRY_TAG
     from pointvid_pipeline.dagster_defs.definitions import build_definitions
-    from pointvid_pipeline.pipeline import partition_rows
+    from pointvid_pipeline.pipeline import check_configuration, input_rows, partition_rows
     from pointvid_pipeline.rejections import TRANSIENT_REASONS
 
+    check_configuration(input_rows(settings))
     defs = build_definitions(settings)
     partitions = list(partition_rows(settings))
     tags = {}
@@ -218,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--shard-size", type=positive_int, help="clips per partition (default 8 for synthetic scenes, 64 for manifests)")
         sub.add_argument("--profile", choices=("cpu", "paper"), help="backend profile (default cpu)")
     run_parser.add_argument("--partition", action="append", help="only this partition (repeatable), e.g. shard-00000")
-    run_parser.add_argument("--retry-transient", action="store_true", help="process again only the rows the last run rejected for a transient reason (backend_error); all else stays untouched")
+    run_parser.add_argument("--retry-transient", action="store_true", help="process again only the rows the last run rejected for a transient reason (docs/rejections.md); all else stays untouched")
     inspect_parser = commands.add_parser("inspect", help="list a shard's samples, or draw one sample's contact sheet and track preview")
     inspect_parser.add_argument("shard", help="shard tar: local path or fsspec URL (s3://, https://, ...)")
     inspect_parser.add_argument("--key", help="sample to draw; without it the shard's samples are listed")
@@ -234,7 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     if manifest and "://" not in manifest and not Path(manifest).is_file():  # URLs are checked when read
         parser.error(f"--manifest {manifest}: no such file")
     commands_by_name = {"run": run, "partitions": partitions_command, "inspect": inspect_command, "stats": stats_command, "evaluate": evaluate_command}
-    return commands_by_name[args.command](args)
+    try:
+        return commands_by_name[args.command](args)
+    except ConfigurationError as error:  # settings or environment: nothing was processed; the message names the fix
+        print(f"configuration error ({error.reason.value}): {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ SAMPLE_SCHEMA = pa.schema(
     [("key", pa.string()), ("shard", pa.string()), ("row", pa.int64()), ("caption", pa.string()), ("objects", pa.list_(pa.string())),
      ("synthetic", pa.bool_()), ("bytes", pa.int64()), ("source", pa.string()), ("backends", pa.string()), ("stats", pa.string())]
 )
-REJECTION_SCHEMA = pa.schema([("key", pa.string()), ("shard", pa.string()), ("row", pa.int64()), ("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
+REJECTION_SCHEMA = pa.schema([("key", pa.string()), ("shard", pa.string()), ("row", pa.int64()), ("stage", pa.string()), ("reason", pa.string()), ("class", pa.string()), ("detail", pa.string()), ("attempts", pa.int64())])
 
 
 def ground_truth_quality(settings: PipelineSettings, partitions: list[str], metas: list[dict]) -> tuple[dict, str]:
@@ -118,7 +118,7 @@ def build_dataset(settings: PipelineSettings, partitions: list[str], storage_opt
                 "synthetic": meta["synthetic"], "bytes": entry["bytes"], "source": json.dumps(meta["source"], sort_keys=True),
                 "backends": json.dumps(meta["backends"], sort_keys=True), "stats": json.dumps(meta["stats"], sort_keys=True),
             })
-        rejections += [{**{k: r[k] for k in ("key", "row", "stage", "reason", "detail")}, "shard": index["tar"]} for r in index["rejected"]]
+        rejections += [{**{k: r.get(k) for k in ("key", "row", "stage", "reason", "class", "detail", "attempts")}, "shard": index["tar"]} for r in index["rejected"]]
     dataset_dir = settings.dataset_dir
     _write_parquet(dataset_dir / "samples.parquet", samples, SAMPLE_SCHEMA)
     _write_parquet(dataset_dir / "rejections.parquet", rejections, REJECTION_SCHEMA)

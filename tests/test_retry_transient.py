@@ -66,8 +66,8 @@ def stage_file_times(settings: PipelineSettings, key: str) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def failed_run(tmp_path_factory):
-    """A 3-clip partition curated with a tracker that timed out on clip 1 and lost clip 2."""
-    settings = PipelineSettings(data_dir=tmp_path_factory.mktemp("data"), shard_size=3)
+    """A 3-clip partition curated with a tracker that timed out on clip 1 (tried 2 times, no wait) and lost clip 2."""
+    settings = PipelineSettings(data_dir=tmp_path_factory.mktemp("data"), shard_size=3, retry_attempts=2, retry_backoff_s=0.0)
     backends = lazy_backends("cpu")
     run_stage("clips", PARTITION, settings, backends)
     keys = [row.key for row in partition_rows(settings)[PARTITION]]
@@ -84,7 +84,10 @@ def ledger(settings: PipelineSettings) -> list[dict]:
 
 def test_retry_reprocesses_only_the_transient_rejection(failed_run):
     settings, keys = failed_run
-    assert [(row["key"], row["reason"]) for row in ledger(settings)] == [(keys[1], "backend_error"), (keys[2], "no_visible_track")]
+    assert [(row["key"], row["reason"], row["class"], row["attempts"]) for row in ledger(settings)] == [
+        (keys[1], "backend_error", "transient", 2),
+        (keys[2], "no_visible_track", "permanent", 1),
+    ]
     assert "TimeoutError" in ledger(settings)[0]["detail"]
     untouched = stage_file_times(settings, keys[0])
     lost_before = stage_file_times(settings, keys[2])
@@ -115,4 +118,4 @@ def test_retry_transient_command_runs_through_dagster(failed_run, tmp_path):
     assert list(read_samples(settings.shards_dir / f"{PARTITION}.tar")) == [keys[0], keys[1]]
     with DagsterInstance.from_config(str(tmp_path / "home")) as instance:
         runs = instance.get_runs()
-    assert all(run.tags.get(RETRY_TAG) == "backend_error" for run in runs if run.job_name == "curate_shard")
+    assert all(run.tags.get(RETRY_TAG) == "backend_error,network_error" for run in runs if run.job_name == "curate_shard")
