@@ -14,6 +14,7 @@ import tarfile
 from pathlib import Path
 
 from pointvid_pipeline.rejections import ConfigurationError
+from pointvid_pipeline.settings import STAGE_FILE_POLICIES
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # the progress bar tells the story; the UI has the logs
 
@@ -28,6 +29,8 @@ def _apply_arguments_to_environment(args) -> None:
         os.environ["POINTVID_SHARD_SIZE"] = str(args.shard_size)
     if args.profile:
         os.environ["POINTVID_PROFILE"] = args.profile
+    if getattr(args, "keep_stage_files", None):
+        os.environ["POINTVID_KEEP_STAGE_FILES"] = args.keep_stage_files
 
 
 def _settings_and_home(args):
@@ -222,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--profile", choices=("cpu", "paper"), help="backend profile (default cpu)")
     run_parser.add_argument("--partition", action="append", help="only this partition (repeatable), e.g. shard-00000")
     run_parser.add_argument("--retry-transient", action="store_true", help="process again only the rows the last run rejected for a transient reason (docs/rejections.md); all else stays untouched")
+    run_parser.add_argument("--keep-stage-files", choices=STAGE_FILE_POLICIES, help="stage files kept once a shard is written (default accepted-only or $POINTVID_KEEP_STAGE_FILES; docs/rejections.md)")
     inspect_parser = commands.add_parser("inspect", help="list a shard's samples, or draw one sample's contact sheet and track preview")
     inspect_parser.add_argument("shard", help="shard tar: local path or fsspec URL (s3://, https://, ...)")
     inspect_parser.add_argument("--key", help="sample to draw; without it the shard's samples are listed")

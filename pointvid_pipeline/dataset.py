@@ -43,7 +43,8 @@ def ground_truth_quality(settings: PipelineSettings, partitions: list[str], meta
     rows, missing = evaluate_dataset(settings.data_dir, shards)
     if not rows:
         (settings.dataset_dir / EVALUATION_FILE).unlink(missing_ok=True)  # never leave an earlier run's figures
-        return {}, "No synthetic samples with ground truth: nothing to compare with.\n"
+        gone = f" (the ground truth of {len(missing)} synthetic samples was removed from stages/: POINTVID_KEEP_STAGE_FILES=none)" if missing else ""
+        return {}, f"No synthetic samples with ground truth: nothing to compare with{gone}.\n"
     write_evaluation_parquet(settings.dataset_dir / EVALUATION_FILE, rows)
     point_map = summarise(rows)
     track_rows = stage_track_rows(settings.data_dir, partitions)

@@ -21,7 +21,7 @@ from pointvid_pipeline import __version__
 from pointvid_pipeline.backends.registry import StageBackends
 from pointvid_pipeline.clip import Clip, SceneTruth, default_intrinsics
 from pointvid_pipeline.evaluation.track_errors import mean_abs_acceleration
-from pointvid_pipeline.rejections import ConfigurationError, RejectionClass, RejectionReason, SampleRejected, rejection_class
+from pointvid_pipeline.rejections import TRANSIENT_REASONS, ConfigurationError, RejectionClass, RejectionReason, SampleRejected, rejection_class
 from pointvid_pipeline.settings import PipelineSettings
 from pointvid_pipeline.stages.depth import RendererDepth
 from pointvid_pipeline.stages.object_prompts import objects_for_caption
@@ -488,8 +488,32 @@ def run_stage(
     )
 
 
+def retained_keys(store: StageStore, partition: str, policy: str) -> set[str] | None:
+    """The samples whose stage files `policy` keeps once the partition's shard is written; None = all.
+
+    Always kept while a row awaits `--retry-transient`: its files (the retry resumes from them) and the
+    shipped samples' (the retry rewrites the shard from them). `accepted-only` also keeps the shipped
+    samples' (`pointvid evaluate` and the dataset card read their ground truth and tracks) and the synthetic
+    samples that reached the smoothed tracks (the card's tracking figures include objects the gate removed).
+    `none` keeps nothing else. The `_index.json` files (metadata and ledger) always stay.
+    """
+    if policy == "keep":
+        return None
+    ledger = store.read_index(STAGES[-2], partition)
+    awaiting_retry = {row["key"] for row in ledger.rejected if row["reason"] in TRANSIENT_REASONS}
+    if policy == "none" and not awaiting_retry:
+        return set()
+    smoothed = store.read_index_if_present("smoothed_tracks", partition)
+    gated_synthetic = {key for key, meta in smoothed.accepted.items() if meta["synthetic"]} if smoothed and policy == "accepted-only" else set()
+    return awaiting_retry | set(ledger.accepted) | gated_synthetic
+
+
 def _run_shard_stage(partition: str, settings: PipelineSettings, storage_options: dict | None) -> StageReport:
     result = write_partition_shard(partition, settings, storage_options)
+    store = StageStore(settings.stages_dir)
+    keep = retained_keys(store, partition, settings.keep_stage_files)
+    if keep is not None:
+        store.remove_samples_except(partition, keep)
     accepted = len(result.accepted_meta)
     return StageReport(
         stage="pointvid_shards",

@@ -13,6 +13,7 @@ PROFILES = ("cpu", "paper")
 DENSIFICATION_METHODS = ("displacement", "paper")  # see stages/point_maps.py
 SMOOTHING_PRESETS = ("rigid-tracks", "paper")  # see stages/smoothing.py
 PROFILE_SMOOTHING = {"cpu": "rigid-tracks", "paper": "paper"}
+STAGE_FILE_POLICIES = ("keep", "accepted-only", "none")  # see pipeline.retained_keys
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class PipelineSettings:
     output_uri: fsspec URL that finished shards and dataset files are also published to; None = local only.
     retry_attempts, retry_backoff_s: a transient failure is tried `retry_attempts` times in all, waiting
         retry_backoff_s, then twice that, ... between tries, before it becomes a ledger row.
+    keep_stage_files: which samples' stage files stay once their shard is written (STAGE_FILE_POLICIES).
 
     An invalid value raises ConfigurationError here, before any row is processed.
 
@@ -49,12 +51,14 @@ class PipelineSettings:
     output_uri: str | None = None
     retry_attempts: int = 3
     retry_backoff_s: float = 0.5
+    keep_stage_files: str = "accepted-only"
 
     def __post_init__(self):
         for variable, value, allowed in (
             ("POINTVID_SMOOTHING", self.smoothing or SMOOTHING_PRESETS[0], SMOOTHING_PRESETS),
             ("POINTVID_DENSIFICATION", self.densification, DENSIFICATION_METHODS),
             ("POINTVID_PROFILE", self.profile, PROFILES),
+            ("POINTVID_KEEP_STAGE_FILES", self.keep_stage_files, STAGE_FILE_POLICIES),
         ):
             if value not in allowed:
                 raise ConfigurationError(f"{variable} must be one of {allowed}, got {value!r}")
@@ -123,4 +127,5 @@ class PipelineSettings:
             output_uri=env.get("POINTVID_OUTPUT_URI") or None,
             retry_attempts=number("POINTVID_RETRY_ATTEMPTS", "3"),
             retry_backoff_s=number("POINTVID_RETRY_BACKOFF_S", "0.5", float),
+            keep_stage_files=env.get("POINTVID_KEEP_STAGE_FILES", "accepted-only"),
         )

@@ -204,6 +204,7 @@ def test_configuration_error_fails_the_dagster_run_before_any_row(configuration_
         ("POINTVID_RETRY_ATTEMPTS", "0", "at least 1 (1 = no retry within the run)"),
         ("POINTVID_RETRY_BACKOFF_S", "-1", "between 0 and 60"),
         ("POINTVID_BACKGROUND_FRACTION", "nan", "between 0 and 1"),
+        ("POINTVID_KEEP_STAGE_FILES", "some", "one of ('keep', 'accepted-only', 'none')"),
     ],
 )
 def test_invalid_settings_are_configuration_errors_naming_the_variable(variable, value, message):
