@@ -13,6 +13,9 @@ import sys
 import tarfile
 from pathlib import Path
 
+from pointvid_pipeline.rejections import ConfigurationError
+from pointvid_pipeline.settings import STAGE_FILE_POLICIES
+
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # the progress bar tells the story; the UI has the logs
 
 
@@ -26,6 +29,8 @@ def _apply_arguments_to_environment(args) -> None:
         os.environ["POINTVID_SHARD_SIZE"] = str(args.shard_size)
     if args.profile:
         os.environ["POINTVID_PROFILE"] = args.profile
+    if getattr(args, "keep_stage_files", None):
+        os.environ["POINTVID_KEEP_STAGE_FILES"] = args.keep_stage_files
 
 
 def _settings_and_partitions(args, parser: argparse.ArgumentParser):
@@ -38,7 +43,9 @@ def _settings_and_partitions(args, parser: argparse.ArgumentParser):
     try:
         settings = PipelineSettings.from_env()
         return settings, list(partition_rows(settings))
-    except ValueError as exc:  # an unknown POINTVID_PROFILE or POINTVID_MANIFEST_ENCODING; ManifestError: no video column, unreadable, unparseable
+    except ConfigurationError as exc:  # a setting out of range or unknown (POINTVID_PROFILE, POINTVID_MANIFEST_ENCODING, ...)
+        parser.error(f"configuration error ({exc.reason.value}): " + " ".join(str(exc).splitlines()))
+    except ValueError as exc:  # ManifestError: no video column, unreadable, unparseable
         parser.error(" ".join(str(exc).splitlines()))
 
 
@@ -100,8 +107,10 @@ def run(args, settings, partitions: list[str]) -> int:
 
     from pointvid_pipeline.dagster_defs.assets import RETRY_TAG
     from pointvid_pipeline.dagster_defs.definitions import build_definitions
+    from pointvid_pipeline.pipeline import check_configuration, input_rows
     from pointvid_pipeline.rejections import TRANSIENT_REASONS
 
+    check_configuration(input_rows(settings))
     defs = build_definitions(settings)
     tags = {}
     if args.retry_transient:
@@ -224,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--shard-size", type=positive_int, help="clips per partition (default 8 for synthetic scenes, 64 for manifests)")
         sub.add_argument("--profile", choices=("cpu", "paper"), help="backend profile (default cpu)")
     run_parser.add_argument("--partition", action="append", help="only this partition (repeatable), e.g. shard-00000")
-    run_parser.add_argument("--retry-transient", action="store_true", help="process again only the rows the last run rejected for a transient reason (backend_error); all else stays untouched")
+    run_parser.add_argument("--retry-transient", action="store_true", help="process again only the rows the last run rejected for a transient reason (docs/rejections.md); all else stays untouched")
+    run_parser.add_argument("--keep-stage-files", choices=STAGE_FILE_POLICIES, help="stage files kept once a shard is written (default accepted-only or $POINTVID_KEEP_STAGE_FILES; docs/rejections.md)")
     inspect_parser = commands.add_parser("inspect", help="list a shard's samples, or draw one sample's contact sheet and track preview")
     inspect_parser.add_argument("shard", help="shard tar: local path or fsspec URL (s3://, https://, ...)")
     inspect_parser.add_argument("--key", help="sample to draw; without it the shard's samples are listed")
@@ -242,10 +252,14 @@ def main(argv: list[str] | None = None) -> int:
     for option, folder in (("--data-dir", getattr(args, "data_dir", None)), ("--out", getattr(args, "out", None))):
         if folder and Path(folder).exists() and not Path(folder).is_dir():
             parser.error(f"{option} {folder}: is a file, not a folder")
-    if args.command in ("run", "partitions"):
-        settings, partitions = _settings_and_partitions(args, parser)
-        return (run if args.command == "run" else partitions_command)(args, settings, partitions)
-    return {"inspect": inspect_command, "stats": stats_command, "evaluate": evaluate_command}[args.command](args)
+    try:
+        if args.command in ("run", "partitions"):
+            settings, partitions = _settings_and_partitions(args, parser)
+            return (run if args.command == "run" else partitions_command)(args, settings, partitions)
+        return {"inspect": inspect_command, "stats": stats_command, "evaluate": evaluate_command}[args.command](args)
+    except ConfigurationError as error:  # settings or environment: nothing was processed; the message names the fix
+        print(f"configuration error ({error.reason.value}): {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ SAMPLE_SCHEMA = pa.schema(
     [("key", pa.string()), ("shard", pa.string()), ("row", pa.int64()), ("caption", pa.string()), ("objects", pa.list_(pa.string())),
      ("synthetic", pa.bool_()), ("bytes", pa.int64()), ("source", pa.string()), ("backends", pa.string()), ("stats", pa.string())]
 )
-REJECTION_SCHEMA = pa.schema([("key", pa.string()), ("shard", pa.string()), ("row", pa.int64()), ("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
+REJECTION_SCHEMA = pa.schema([("key", pa.string()), ("shard", pa.string()), ("row", pa.int64()), ("stage", pa.string()), ("reason", pa.string()), ("class", pa.string()), ("detail", pa.string()), ("attempts", pa.int64())])
 
 
 def ground_truth_quality(settings: PipelineSettings, partitions: list[str], metas: list[dict]) -> tuple[dict, str]:
@@ -44,7 +44,8 @@ def ground_truth_quality(settings: PipelineSettings, partitions: list[str], meta
     rows, missing = evaluate_dataset(settings.data_dir, shards)
     if not rows:
         (settings.dataset_dir / EVALUATION_FILE).unlink(missing_ok=True)  # never leave an earlier run's figures
-        return {}, "No synthetic samples with ground truth: nothing to compare with.\n"
+        gone = f" (the ground truth of {len(missing)} synthetic samples was removed from stages/: POINTVID_KEEP_STAGE_FILES=none)" if missing else ""
+        return {}, f"No synthetic samples with ground truth: nothing to compare with{gone}.\n"
     write_evaluation_parquet(settings.dataset_dir / EVALUATION_FILE, rows)
     point_map = summarise(rows)
     track_rows = stage_track_rows(settings.data_dir, partitions)
@@ -124,7 +125,7 @@ def build_dataset(settings: PipelineSettings, partitions: list[str], storage_opt
                 "synthetic": meta["synthetic"], "bytes": entry["bytes"], "source": json.dumps(meta["source"], sort_keys=True),
                 "backends": json.dumps(meta["backends"], sort_keys=True), "stats": json.dumps(meta["stats"], sort_keys=True),
             })
-        rejections += [{**{k: r[k] for k in ("key", "row", "stage", "reason", "detail")}, "shard": index["tar"]} for r in index["rejected"]]
+        rejections += [{**{k: r.get(k) for k in ("key", "row", "stage", "reason", "class", "detail", "attempts")}, "shard": index["tar"]} for r in index["rejected"]]
     dataset_dir = settings.dataset_dir
     _write_parquet(dataset_dir / "samples.parquet", samples, SAMPLE_SCHEMA)
     _write_parquet(dataset_dir / "rejections.parquet", rejections, REJECTION_SCHEMA)

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
+from typing import TypeVar
 
 import numpy as np
 
@@ -20,7 +21,7 @@ from pointvid_pipeline import __version__
 from pointvid_pipeline.backends.registry import StageBackends
 from pointvid_pipeline.clip import Clip, SceneTruth, default_intrinsics
 from pointvid_pipeline.evaluation.track_errors import mean_abs_acceleration
-from pointvid_pipeline.rejections import BackendUnavailable, RejectionReason, SampleRejected
+from pointvid_pipeline.rejections import TRANSIENT_REASONS, ConfigurationError, RejectionClass, RejectionReason, SampleRejected, rejection_class
 from pointvid_pipeline.settings import PipelineSettings
 from pointvid_pipeline.stages.depth import RendererDepth
 from pointvid_pipeline.stages.object_prompts import objects_for_caption
@@ -35,6 +36,7 @@ from pointvid_pipeline.storage.shard_assignment import LEDGER_NAME, assign_shard
 from pointvid_pipeline.storage.stage_store import StageIndex, StageStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STAGES = (
     "clips",
@@ -147,13 +149,15 @@ def _clips(sample: Sample, settings: PipelineSettings, backends: StageBackends) 
 
 def _object_prompts(samples: list[Sample], settings: PipelineSettings, backends: StageBackends) -> Iterator[Outcome | SampleRejected]:
     """Batched: one extractor call for the whole partition (an LLM serves batches far better)."""
-    try:
+
+    def extract():
         extractor = backends.object_extractor()
-        extractions = extractor.extract([s.meta["caption"] for s in samples]) if samples else []
-    except BackendUnavailable:
-        raise
-    except Exception as exc:
-        yield from [_backend_failure("object_prompts", "(batch)", exc)] * len(samples)
+        return extractor, extractor.extract([s.meta["caption"] for s in samples]) if samples else []
+
+    try:
+        extractor, extractions = _with_retries("object_prompts", "(batch)", extract, settings)
+    except SampleRejected as failure:
+        yield from [failure] * len(samples)
         return
     for extraction in extractions:
         try:
@@ -172,14 +176,16 @@ def _reference_masks(samples: list[Sample], settings: PipelineSettings, backends
     real = [s for s in samples if not s.meta["synthetic"]]
     groups = [(RendererMasks(), synthetic[i : i + settings.batch_size]) for i in range(0, len(synthetic), settings.batch_size)]
     groups += [(None, real[i : i + settings.batch_size]) for i in range(0, len(real), settings.batch_size)]
-    for segmenter, chunk in groups:
+    for renderer, chunk in groups:
+
+        def segment(renderer=renderer, chunk=chunk):
+            segmenter = renderer or backends.segmenter()
+            return segmenter, segmenter.segment([s.clip for s in chunk], [s.meta["objects"] for s in chunk])
+
         try:
-            segmenter = segmenter or backends.segmenter()
-            label_maps = segmenter.segment([s.clip for s in chunk], [s.meta["objects"] for s in chunk])
-        except BackendUnavailable:
-            raise
-        except Exception as exc:
-            outcomes.update({s.key: _backend_failure("reference_masks", s.key, exc) for s in chunk})
+            segmenter, label_maps = _with_retries("reference_masks", ", ".join(s.key for s in chunk), segment, settings)
+        except SampleRejected as failure:
+            outcomes.update({s.key: failure for s in chunk})
             continue
         for sample, labels in zip(chunk, label_maps):
             outcomes[sample.key] = _reference_mask_outcome(labels, segmenter)
@@ -290,17 +296,36 @@ def _backend_failure(stage: str, key: str, exc: Exception) -> SampleRejected:
     return SampleRejected(RejectionReason.backend_error, f"{type(exc).__name__}: {exc}")
 
 
+def _with_retries(stage: str, key: str, call: Callable[[], T], settings: PipelineSettings) -> T:
+    """`call()`, tried again after a transient failure, up to `settings.retry_attempts` tries in all with
+    exponential backoff (retry_backoff_s, twice that, ...). Raises SampleRejected carrying the tries made;
+    a ConfigurationError passes through (it stops the run)."""
+    attempt = 1
+    while True:
+        try:
+            return call()
+        except ConfigurationError:
+            raise
+        except SampleRejected as rejection:
+            failure = rejection
+        except Exception as exc:
+            failure = _backend_failure(stage, key, exc)
+        if rejection_class(failure.reason) is not RejectionClass.transient or attempt >= settings.retry_attempts:
+            failure.attempts = attempt
+            raise failure
+        delay = settings.retry_backoff_s * 2 ** (attempt - 1)
+        log.warning("stage %s, %s: %s (try %d of %d); trying again in %.2f s", stage, key, failure, attempt, settings.retry_attempts, delay)
+        time.sleep(delay)
+        attempt += 1
+
+
 def _per_sample(stage: str, function) -> Callable[[list[Sample], PipelineSettings, StageBackends], Iterator[Outcome | SampleRejected]]:
     def run(samples, settings, backends):
         for sample in samples:
             try:
-                yield function(sample, settings, backends)
+                yield _with_retries(stage, sample.key, lambda sample=sample: function(sample, settings, backends), settings)
             except SampleRejected as rejection:
                 yield rejection
-            except BackendUnavailable:
-                raise
-            except Exception as exc:
-                yield _backend_failure(stage, sample.key, exc)
 
     return run
 
@@ -343,11 +368,20 @@ def partition_rows(settings: PipelineSettings) -> dict[str, list[InputRow]]:
     return assign_shards(input_rows(settings), settings.effective_shard_size, settings.data_dir / LEDGER_NAME)
 
 
+def check_configuration(rows: Iterable[InputRow]) -> None:
+    """Raise ConfigurationError for what would fail every row of its kind (a video URL protocol fsspec cannot
+    open), before any row is processed. Settings are checked when PipelineSettings is built."""
+    from pointvid_pipeline.stages.clips import check_video_protocols
+
+    check_video_protocols(row.video for row in rows if row.video and not row.error)
+
+
 def _first_samples(store: StageStore, partition: str, settings: PipelineSettings) -> tuple[list[Sample], list[dict]]:
     """Samples for the `clips` stage from the partition's input rows; repeated keys are ledgered."""
     rows = partition_rows(settings).get(partition)
     if rows is None:
         raise KeyError(f"partition {partition!r} does not exist for the configured input ({settings.manifest or settings.scenes or 'default synthetic scenes'})")
+    check_configuration(rows)
     samples, rejected, seen = [], [], set()
     for row in rows:
         if row.key in seen:
@@ -359,7 +393,10 @@ def _first_samples(store: StageStore, partition: str, settings: PipelineSettings
 
 
 def _ledger_row(key: str, row: int, stage: str, rejection: SampleRejected) -> dict:
-    return {"key": key, "row": row, "stage": stage, "reason": rejection.reason.value, "detail": rejection.detail}
+    kind = rejection_class(rejection.reason)
+    if kind is RejectionClass.configuration:  # no row can succeed until the configuration changes: stop, never ledger
+        raise ConfigurationError(rejection.detail, rejection.reason)
+    return {"key": key, "row": row, "stage": stage, "reason": rejection.reason.value, "class": kind.value, "detail": rejection.detail, "attempts": rejection.attempts}
 
 
 def load_samples(store: StageStore, stage: str, partition: str, settings: PipelineSettings) -> tuple[list[Sample], list[dict]]:
@@ -451,8 +488,32 @@ def run_stage(
     )
 
 
+def retained_keys(store: StageStore, partition: str, policy: str) -> set[str] | None:
+    """The samples whose stage files `policy` keeps once the partition's shard is written; None = all.
+
+    Always kept while a row awaits `--retry-transient`: its files (the retry resumes from them) and the
+    shipped samples' (the retry rewrites the shard from them). `accepted-only` also keeps the shipped
+    samples' (`pointvid evaluate` and the dataset card read their ground truth and tracks) and the synthetic
+    samples that reached the smoothed tracks (the card's tracking figures include objects the gate removed).
+    `none` keeps nothing else. The `_index.json` files (metadata and ledger) always stay.
+    """
+    if policy == "keep":
+        return None
+    ledger = store.read_index(STAGES[-2], partition)
+    awaiting_retry = {row["key"] for row in ledger.rejected if row["reason"] in TRANSIENT_REASONS}
+    if policy == "none" and not awaiting_retry:
+        return set()
+    smoothed = store.read_index_if_present("smoothed_tracks", partition)
+    gated_synthetic = {key for key, meta in smoothed.accepted.items() if meta["synthetic"]} if smoothed and policy == "accepted-only" else set()
+    return awaiting_retry | set(ledger.accepted) | gated_synthetic
+
+
 def _run_shard_stage(partition: str, settings: PipelineSettings, storage_options: dict | None) -> StageReport:
     result = write_partition_shard(partition, settings, storage_options)
+    store = StageStore(settings.stages_dir)
+    keep = retained_keys(store, partition, settings.keep_stage_files)
+    if keep is not None:
+        store.remove_samples_except(partition, keep)
     accepted = len(result.accepted_meta)
     return StageReport(
         stage="pointvid_shards",

@@ -8,11 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from pointvid_pipeline.rejections import ConfigurationError
+
 PROFILES = ("cpu", "paper")
 DENSIFICATION_METHODS = ("displacement", "paper")  # see stages/point_maps.py
 SMOOTHING_PRESETS = ("rigid-tracks", "paper")  # see stages/smoothing.py
 PROFILE_SMOOTHING = {"cpu": "rigid-tracks", "paper": "paper"}
 MANIFEST_FALLBACK_ENCODING = "cp1252"  # what Windows spreadsheets save "CSV" in; lines that are not UTF-8 are read in it
+STAGE_FILE_POLICIES = ("keep", "accepted-only", "none")  # see pipeline.retained_keys
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,11 @@ class PipelineSettings:
         there is no manifest; None = the embedded default scenes.
     shard_size: clips per partition (8 for the default scenes, 64 for real manifests unless set).
     output_uri: fsspec URL that finished shards and dataset files are also published to; None = local only.
+    retry_attempts, retry_backoff_s: a transient failure is tried `retry_attempts` times in all, waiting
+        retry_backoff_s, then twice that, ... between tries, before it becomes a ledger row.
+    keep_stage_files: which samples' stage files stay once their shard is written (STAGE_FILE_POLICIES).
+
+    An invalid value raises ConfigurationError here, before any row is processed.
 
     No field holds a credential: these values become Dagster run config. Storage credentials come
     from the fsspec backend's own env vars or POINTVID_STORAGE_OPTIONS (see storage/publish.py).
@@ -45,21 +53,38 @@ class PipelineSettings:
     densification: str = "displacement"  # stages/point_maps.DENSIFICATION_METHODS; "paper" is Algorithm 1 as printed
     batch_size: int = 8  # clips per model call where a stage batches across clips
     output_uri: str | None = None
+    retry_attempts: int = 3
+    retry_backoff_s: float = 0.5
+    keep_stage_files: str = "accepted-only"
 
     def __post_init__(self):
-        if self.smoothing and self.smoothing not in SMOOTHING_PRESETS:
-            raise ValueError(f"POINTVID_SMOOTHING must be one of {SMOOTHING_PRESETS}, got {self.smoothing!r}")
-        if self.densification not in DENSIFICATION_METHODS:
-            raise ValueError(f"POINTVID_DENSIFICATION must be one of {DENSIFICATION_METHODS}, got {self.densification!r}")
+        for variable, value, allowed in (
+            ("POINTVID_SMOOTHING", self.smoothing or SMOOTHING_PRESETS[0], SMOOTHING_PRESETS),
+            ("POINTVID_DENSIFICATION", self.densification, DENSIFICATION_METHODS),
+            ("POINTVID_PROFILE", self.profile, PROFILES),
+            ("POINTVID_KEEP_STAGE_FILES", self.keep_stage_files, STAGE_FILE_POLICIES),
+        ):
+            if value not in allowed:
+                raise ConfigurationError(f"{variable} must be one of {allowed}, got {value!r}")
+        for variable, value, lowest, meaning in (
+            ("POINTVID_FRAME_STRIDE", self.frame_stride, 1, "1 = every decoded frame"),
+            ("POINTVID_GRID_SIZE", self.grid_size, 1, "the paper uses 80"),
+            ("POINTVID_BATCH_SIZE", self.batch_size, 1, "clips per model call"),
+            ("POINTVID_SHARD_SIZE", self.shard_size or 1, 1, "clips per partition; unset = the default"),
+            ("POINTVID_RETRY_ATTEMPTS", self.retry_attempts, 1, "1 = no retry within the run"),
+        ):
+            if value != int(value) or value < lowest:
+                raise ConfigurationError(f"{variable} must be a whole number of at least {lowest} ({meaning}), got {value!r}")
+        for variable, value, highest in (("POINTVID_BACKGROUND_FRACTION", self.background_fraction, 1.0), ("POINTVID_RETRY_BACKOFF_S", self.retry_backoff_s, 60.0)):
+            if not 0 <= value <= highest:
+                raise ConfigurationError(f"{variable} must be between 0 and {highest}, got {value!r}")
         try:
             codecs.lookup(self.manifest_encoding)
         except LookupError:
-            raise ValueError(f"POINTVID_MANIFEST_ENCODING: unknown encoding {self.manifest_encoding!r} (e.g. cp1252, latin-1, utf-8)") from None
-        if self.profile not in PROFILES:
-            raise ValueError(f"POINTVID_PROFILE must be one of {PROFILES}, got {self.profile!r}")
+            raise ConfigurationError(f"POINTVID_MANIFEST_ENCODING: unknown encoding {self.manifest_encoding!r} (e.g. cp1252, latin-1, utf-8)") from None
         for variable, uri in (("POINTVID_MANIFEST", self.manifest), ("POINTVID_OUTPUT_URI", self.output_uri)):
             if uri and "://" in uri and urlsplit(uri).password is not None:  # the message must not echo the URI
-                raise ValueError(f"{variable} carries a password; pass credentials through the storage backend's env vars or POINTVID_STORAGE_OPTIONS")
+                raise ConfigurationError(f"{variable} carries a password; pass credentials through the storage backend's env vars or POINTVID_STORAGE_OPTIONS")
 
     @property
     def effective_shard_size(self) -> int:
@@ -86,20 +111,30 @@ class PipelineSettings:
     @classmethod
     def from_env(cls, environ=None) -> "PipelineSettings":
         env = os.environ if environ is None else environ
-        shard_size = env.get("POINTVID_SHARD_SIZE")
+
+        def number(variable: str, default: str, kind=int):
+            text = env.get(variable) or default
+            try:
+                return kind(text)
+            except ValueError:
+                raise ConfigurationError(f"{variable}={text!r} is not {'a whole number' if kind is int else 'a number'}; unset it for the default ({default})") from None
+
         return cls(
             data_dir=Path(env.get("POINTVID_DATA_DIR", "pointvid_data")).resolve(),
             manifest=env.get("POINTVID_MANIFEST") or None,
             manifest_encoding=env.get("POINTVID_MANIFEST_ENCODING") or MANIFEST_FALLBACK_ENCODING,
             scenes=env.get("POINTVID_SCENES") or None,
-            shard_size=int(shard_size) if shard_size else None,
+            shard_size=number("POINTVID_SHARD_SIZE", "0") or None,
             profile=env.get("POINTVID_PROFILE", "cpu"),
-            frame_stride=int(env.get("POINTVID_FRAME_STRIDE", "1")),
-            grid_size=int(env.get("POINTVID_GRID_SIZE", "80")),
-            background_fraction=float(env.get("POINTVID_BACKGROUND_FRACTION", "0.1")),
+            frame_stride=number("POINTVID_FRAME_STRIDE", "1"),
+            grid_size=number("POINTVID_GRID_SIZE", "80"),
+            background_fraction=number("POINTVID_BACKGROUND_FRACTION", "0.1", float),
             kalman_rts=env.get("POINTVID_KALMAN_RTS", "1") not in ("0", "false", "no"),
             smoothing=env.get("POINTVID_SMOOTHING", ""),
             densification=env.get("POINTVID_DENSIFICATION", "displacement"),
-            batch_size=int(env.get("POINTVID_BATCH_SIZE", "8")),
+            batch_size=number("POINTVID_BATCH_SIZE", "8"),
             output_uri=env.get("POINTVID_OUTPUT_URI") or None,
+            retry_attempts=number("POINTVID_RETRY_ATTEMPTS", "3"),
+            retry_backoff_s=number("POINTVID_RETRY_BACKOFF_S", "0.5", float),
+            keep_stage_files=env.get("POINTVID_KEEP_STAGE_FILES", "accepted-only"),
         )

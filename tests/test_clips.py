@@ -15,7 +15,7 @@ import pytest
 from media import shared_video, write_video
 
 from pointvid_pipeline.clip import FRAME_COUNT, FRAME_HEIGHT, FRAME_WIDTH
-from pointvid_pipeline.rejections import RejectionReason, SampleRejected
+from pointvid_pipeline.rejections import ConfigurationError, RejectionReason, SampleRejected
 from pointvid_pipeline.stages.clips import decode_clip
 
 VIDEO_NAMES = ["01_dog.mp4", "02_cups.mp4", "03_blocks.mp4", "04_coffee.mp4", "05_juggle.mp4", "bedroom.mp4"]
@@ -176,7 +176,9 @@ def test_unreadable_inputs(tmp_path):
 
     assert rejection(tmp_path / "missing.mp4").reason is RejectionReason.unreadable_video
     assert rejection(tmp_path).reason is RejectionReason.unreadable_video  # a directory
-    assert rejection("nosuchprotocol://clip.mp4").reason is RejectionReason.unreadable_video
+    with pytest.raises(ConfigurationError, match="fsspec knows no protocol 'nosuchprotocol'") as unknown:
+        decode_clip("nosuchprotocol://clip.mp4")  # not the row's fault: the run stops (tests/test_rejection_classes.py)
+    assert unknown.value.reason is RejectionReason.missing_storage_driver
 
 
 def test_a_named_pipe_is_refused_at_once_not_read(tmp_path):

@@ -41,6 +41,7 @@ def bad_manifest(tmp_path_factory, shared_videos):
         ("cups.mp4", "A person shuffles three red cups.", "2.0", "no_depth_backend"),
         ("cups.mp4", "A person shuffles three red cups.", "2.0", "duplicate_row"),
         ("cups.mp4", "A person shuffles three red cups.", "soon", "invalid_manifest_row"),
+        ("cups.mp4", "A person shuffles three red cups.", "inf", "invalid_manifest_row"),
     ]
     with open(folder / "manifest.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -68,6 +69,7 @@ def test_every_row_is_ledgered_with_its_typed_reason(bad_run):
     for got, want in zip(reasons, expected):
         assert got in ("truncated_video", "unreadable_video") if want == "truncated_or_unreadable" else got == want
     assert all(r["detail"] for r in ledger if r["reason"] != "missing_caption")
+    assert {(r["class"], r["attempts"]) for r in ledger} == {("permanent", 1)}  # none of these is retried
 
 
 def test_accepted_plus_rejected_equals_input_rows(bad_run):

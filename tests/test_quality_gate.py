@@ -115,6 +115,10 @@ def test_stage_removes_lost_objects_and_rejects_samples_left_without_any(tmp_pat
         assert meta["stats"]["point_maps"]["objects_removed"] == len(meta["gate"]["removed"])
     assert removed or not index.accepted
 
+    run_stage(STAGES[-1], partition, settings, frozen)  # the default retention, accepted-only, keeps the gated synthetic samples'
+    gated = sorted(row["key"] for row in failures)  # files: the card's tracking figures measure their lost objects too
+    assert sorted(folder.name for folder in settings.stages_dir.glob(f"smoothed_tracks/{partition}/*/")) == sorted([*gated, *index.accepted])
+
 
 def test_an_objects_last_frame_error_is_the_median_over_its_visible_points():
     labels = np.array([1, 1, 1, 2, 2, 0])

@@ -15,7 +15,7 @@ def test_real_clips_are_segmented_then_ledgered_for_missing_depth(shared_videos,
     settings = PipelineSettings(data_dir=tmp_path, manifest=str(shared_videos / "panda70m_style.csv"))
     backends = lazy_backends("cpu")
     (partition,) = partition_rows(settings)
-    reports = {stage: run_stage(stage, partition, settings, backends) for stage in STAGES}
+    reports = {stage: run_stage(stage, partition, settings, backends) for stage in STAGES[:-1]}
 
     store = StageStore(settings.stages_dir)
     masks = store.read_index("reference_masks", partition)
@@ -26,8 +26,15 @@ def test_real_clips_are_segmented_then_ledgered_for_missing_depth(shared_videos,
         assert meta["source"]["first_frame_s"] >= meta["input"].get("start", 0.0) - 1e-3
         assert meta["backends"]["reference_masks"].startswith("motion-grabcut@")
     assert reports["depth"].rejected_here == {"no_depth_backend": 5}
+    folders = sorted(settings.stages_dir.glob(f"*/{partition}/*/"))
+    assert len(folders) == 15  # clips, reference_masks, query_points
+    megabytes = sum(path.stat().st_size for folder in folders for path in folder.iterdir()) / 1e6
+    run_stage(STAGES[-1], partition, settings, backends)
     index = json.loads((settings.shards_dir / f"{partition}.json").read_text())
     assert index["input_rows"] == 5 and index["samples"] == []
+    assert not list(settings.stages_dir.glob(f"*/{partition}/*/")), f"accepted-only (the default) keeps no folder of a permanently rejected clip; {megabytes:.1f} MB removed"
+    assert len(list(settings.stages_dir.glob(f"*/{partition}/_index.json"))) == len(STAGES) - 1
+    print(f"stage files of 5 rejected real clips removed once the shard was written: {megabytes:.1f} MB")
 
 
 def test_a_missing_model_stops_the_stage_instead_of_ledgering_samples(shared_videos, tmp_path, monkeypatch):

@@ -46,6 +46,9 @@ class PipelineSettingsResource(ConfigurableResource):
     densification: str = "displacement"
     batch_size: int = 8
     output_uri: str = ""
+    retry_attempts: int = 3
+    retry_backoff_s: float = 0.5
+    keep_stage_files: str = "accepted-only"
     storage_options_json: str = Field(default="", repr=False, description=f"JSON object of fsspec options for output_uri: only ever EnvVar({STORAGE_OPTIONS_ENV!r})")
 
     @classmethod
@@ -55,6 +58,7 @@ class PipelineSettingsResource(ConfigurableResource):
             profile=settings.profile, frame_stride=settings.frame_stride, grid_size=settings.grid_size,
             background_fraction=settings.background_fraction, kalman_rts=settings.kalman_rts, smoothing=settings.smoothing, densification=settings.densification,
             batch_size=settings.batch_size, output_uri=settings.output_uri or "", storage_options_json=optional_env_var(STORAGE_OPTIONS_ENV),
+            retry_attempts=settings.retry_attempts, retry_backoff_s=settings.retry_backoff_s, keep_stage_files=settings.keep_stage_files,
         )
 
     def settings(self) -> PipelineSettings:
@@ -63,6 +67,7 @@ class PipelineSettingsResource(ConfigurableResource):
             profile=self.profile, frame_stride=self.frame_stride, grid_size=self.grid_size,
             background_fraction=self.background_fraction, kalman_rts=self.kalman_rts, smoothing=self.smoothing, densification=self.densification,
             batch_size=self.batch_size, output_uri=self.output_uri or None,
+            retry_attempts=self.retry_attempts, retry_backoff_s=self.retry_backoff_s, keep_stage_files=self.keep_stage_files,
         )
 
     def storage_options(self) -> dict:

@@ -55,6 +55,8 @@ def stage_track_rows(data_dir: Path, partitions: list[str]) -> list[dict]:
             if not meta["synthetic"]:
                 continue
             clip = store.read_arrays("clips", partition, key)
+            if not clip:  # removed after its shard was written (POINTVID_KEEP_STAGE_FILES)
+                continue
             u, v = store.read_arrays("query_points", partition, key)["queries"].T
             labels = store.read_arrays("reference_masks", partition, key)["labels"][v, u]
             scopes = {"all": labels > 0}

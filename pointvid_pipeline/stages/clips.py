@@ -6,8 +6,12 @@ becomes one ledger row instead of a crashed run.
 
 from __future__ import annotations
 
+import math
 import os
+import socket
 import stat
+from collections.abc import Iterable
+from functools import cache
 from typing import BinaryIO
 
 import av
@@ -16,7 +20,7 @@ import fsspec
 import numpy as np
 
 from pointvid_pipeline.clip import FRAME_COUNT, FRAME_HEIGHT, FRAME_WIDTH
-from pointvid_pipeline.rejections import RejectionReason, SampleRejected
+from pointvid_pipeline.rejections import ConfigurationError, RejectionReason, SampleRejected
 
 BLACK_MEAN_LUMA = 8.0  # below this (0..255) the reference frame is black
 FLAT_STD_LUMA = 2.0  # below this the reference frame is one flat colour: no signal either
@@ -38,10 +42,14 @@ def decode_clip(
     `uri` is a local path or any fsspec URL. Times are seconds from the start of the video stream.
     Frames are resized to cover width x height and centre-cropped. Returns (frames (T, H, W, 3) uint8
     RGB, info) where info records fps, source size, stride, frame timestamps, codec and av version.
-    Raises SampleRejected(unreadable_video | truncated_video | too_few_frames | black_first_frame).
+    Raises SampleRejected(unreadable_video | network_error | truncated_video | too_few_frames | black_first_frame |
+    invalid_manifest_row for a start or end that is not a finite time), ConfigurationError for a URL fsspec cannot open.
     """
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
+    for name, value in (("start", start), ("end", end)):
+        if value is not None and not math.isfinite(value):
+            raise SampleRejected(RejectionReason.invalid_manifest_row, f"{name} {value} is not a finite time in seconds")
     start_s = max(0.0, start or 0.0)
     with open_video_source(uri) as file:
         if not file.read(1):
@@ -58,25 +66,79 @@ def open_video_source(uri: str) -> BinaryIO:
 
     Local paths are opened directly, never parsed by fsspec, where "a::b.mp4" would be a URL chain. They
     must be regular files: a named pipe (or a device) would block the run forever waiting for a writer.
-    Raises SampleRejected(unreadable_video) for a missing or non-regular file or an unknown protocol.
+    Raises SampleRejected(unreadable_video) for a missing or non-regular file or a URL the server says is
+    not there, SampleRejected(network_error) when the network or the server failed, and ConfigurationError
+    for a protocol fsspec does not know or whose driver is not installed.
     """
-    try:
-        if "://" in uri:
+    if "://" in uri:
+        check_video_protocols([uri])
+        try:
             return fsspec.open(uri, "rb").open()
+        except Exception as error:  # fsspec drivers raise their own types; the cause chain tells network from file
+            raise _read_failure(uri, error) from error
+    try:
         mode = os.stat(uri).st_mode
         if not stat.S_ISREG(mode):
             kind = "a directory" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode) else "not a regular file"
             raise SampleRejected(RejectionReason.unreadable_video, f"{uri}: {kind}; only regular files are read (a pipe or device can block forever)")
         return open(uri, "rb")  # the caller closes it
-    except (OSError, ValueError) as error:  # missing path, no permission, unknown protocol
+    except (OSError, ValueError) as error:  # missing path, no permission
         raise SampleRejected(RejectionReason.unreadable_video, f"{uri}: {type(error).__name__}: {error}") from error
+
+
+def check_video_protocols(uris: Iterable[str]) -> None:
+    """Raise ConfigurationError unless fsspec can open every protocol among `uris` (local paths need nothing).
+
+    Run on the whole input before any row is processed: a missing driver fails every row of its protocol.
+    """
+    examples: dict[str, str] = {}
+    for uri in uris:
+        if "://" in uri:
+            examples.setdefault(uri.split("://", 1)[0], uri)
+    for protocol, uri in examples.items():
+        problem = _storage_driver_problem(protocol)
+        if problem:
+            raise ConfigurationError(f"video {uri}: {problem}", RejectionReason.missing_storage_driver)
+
+
+@cache
+def _storage_driver_problem(protocol: str) -> str:
+    """What keeps fsspec from opening `protocol` and how to fix it; "" when nothing does."""
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except ImportError as error:
+        package = getattr(error.__cause__, "name", None) or fsspec.registry.known_implementations[protocol]["class"].split(".")[0]
+        return f"the fsspec driver for {protocol}:// is not installed ({error}); fix: pip install {package}"
+    except ValueError:
+        return f"fsspec knows no protocol {protocol!r}; fix the URL, or install the package that registers it (fsspec.available_protocols() lists the known ones)"
+    return ""
+
+
+def _read_failure(uri: str, error: BaseException) -> SampleRejected:
+    """network_error (transient) when `error` or anything that caused it is a network or server failure, else unreadable_video."""
+    network_errors = _network_error_types()
+    cause: BaseException | None = error
+    while cause is not None:
+        status = getattr(cause, "status", None)  # aiohttp.ClientResponseError: the server answered with an error
+        if isinstance(cause, network_errors) or (isinstance(status, int) and (status >= 500 or status == 429)):
+            return SampleRejected(RejectionReason.network_error, f"{uri}: {type(cause).__name__}: {cause}")
+        cause = cause.__cause__ or cause.__context__
+    return SampleRejected(RejectionReason.unreadable_video, f"{uri}: {type(error).__name__}: {error}")
+
+
+def _network_error_types() -> tuple[type[BaseException], ...]:
+    try:
+        from aiohttp import ClientConnectionError  # fsspec's http driver: refused, reset, disconnected, timed out
+    except ImportError:
+        return ConnectionError, TimeoutError, socket.gaierror
+    return ConnectionError, TimeoutError, socket.gaierror, ClientConnectionError
 
 
 def _decode_span(file, start_s, end_s, stride, frame_count, width, height) -> tuple[np.ndarray, dict]:
     try:
         container = av.open(file, mode="r")
-    except (av.error.FFmpegError, OSError) as error:  # not a container ffmpeg can demux
-        raise SampleRejected(RejectionReason.unreadable_video, f"av.open failed: {error}") from error
+    except (av.error.FFmpegError, OSError) as error:  # not a container ffmpeg can demux, or a remote read failed
+        raise _read_failure("av.open failed", error) from error
     with container:
         if not container.streams.video:
             raise SampleRejected(RejectionReason.unreadable_video, "container has no video stream")

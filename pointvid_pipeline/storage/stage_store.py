@@ -122,3 +122,8 @@ class StageStore:
         for folder in self.partition_dir(stage, partition).glob("*/"):
             if folder.name not in keep:
                 shutil.rmtree(folder)
+
+    def remove_samples_except(self, partition: str, keep: set[str]) -> None:
+        """Delete the sample folders of every stage of `partition` but those of `keep`; the indexes stay."""
+        for stage_dir in sorted(self.root.glob(f"*/{partition}")):
+            self.remove_stale_samples(stage_dir.parent.name, partition, keep)
