@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,13 @@ def pytest_terminal_summary(terminalreporter, config):
     path = config.stash.get(UI_SCREENSHOTS, None)
     if path is not None and any(path.iterdir()):
         terminalreporter.write_line(f"Dagster UI screenshots: {path} ({', '.join(sorted(p.name for p in path.iterdir()))})")
+
+
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """`pointvid_pipeline.cli.main` called in-process writes its arguments to os.environ (POINTVID_MANIFEST, ...);
+    without this a later test's subprocess would inherit them."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
