@@ -9,7 +9,9 @@ class RejectionReason(str, Enum):
     unreadable_video = "unreadable_video"  # missing, zero-byte, not a video, or no decodable stream
     truncated_video = "truncated_video"  # the container promises more than can be decoded
     too_few_frames = "too_few_frames"  # fewer than 16 frames between start and end at the stride
-    black_first_frame = "black_first_frame"  # the reference frame carries no signal
+    black_first_frame = "black_first_frame"  # no frame among the first few of the span carries signal (stages/clips.py)
+    unsupported_frame_shape = "unsupported_frame_shape"  # permanent: frame too large or too narrow to fit in bounded memory (RowBudget)
+    read_timeout = "read_timeout"  # transient: opening or reading a video URL overran the row's wall-clock budget
     missing_caption = "missing_caption"  # caption absent or blank
     no_object_in_caption = "no_object_in_caption"  # the extractor names no object
     empty_mask = "empty_mask"  # segmentation finds no foreground on the reference frame
@@ -22,7 +24,7 @@ class RejectionReason(str, Enum):
 
 
 # Reasons that say nothing about the clip itself: `pointvid run --retry-transient` processes these rows again.
-TRANSIENT_REASONS = frozenset({RejectionReason.backend_error.value})
+TRANSIENT_REASONS = frozenset({RejectionReason.backend_error.value, RejectionReason.read_timeout.value})
 
 
 class BackendUnavailable(RuntimeError):

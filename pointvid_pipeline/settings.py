@@ -14,6 +14,27 @@ PROFILE_SMOOTHING = {"cpu": "rigid-tracks", "paper": "paper"}
 
 
 @dataclass(frozen=True)
+class RowBudget:
+    """What one real video may cost (enforced by stages/clips.py): a row over budget is ledgered, never run to the end.
+
+    read_timeout_s: wall clock for opening and reading a video given as a URL (a silent server must not stall the shard).
+    max_source_pixels: largest decoded frame, width x height (default DCI 8K); the decoder holds a few such frames.
+    max_aspect_ratio: longest over shortest side; anything narrower cannot be fitted to 448 x 256 in bounded memory.
+    """
+
+    read_timeout_s: float = 120.0
+    max_source_pixels: int = 8192 * 4320
+    max_aspect_ratio: float = 4.0
+
+    def __post_init__(self):
+        for variable, value in (("POINTVID_READ_TIMEOUT_S", self.read_timeout_s), ("POINTVID_MAX_SOURCE_PIXELS", self.max_source_pixels)):
+            if not value > 0:
+                raise ValueError(f"{variable} must be positive, got {value!r}")
+        if not self.max_aspect_ratio >= 1:
+            raise ValueError(f"POINTVID_MAX_ASPECT_RATIO must be at least 1 (longest side / shortest side), got {self.max_aspect_ratio!r}")
+
+
+@dataclass(frozen=True)
 class PipelineSettings:
     """Everything a run needs besides the backends.
 
@@ -23,6 +44,7 @@ class PipelineSettings:
         there is no manifest; None = the embedded default scenes.
     shard_size: clips per partition (8 for the default scenes, 64 for real manifests unless set).
     output_uri: fsspec URL that finished shards and dataset files are also published to; None = local only.
+    budget: per-row limits on real videos (time to read a URL, frame size, aspect ratio).
 
     No field holds a credential: these values become Dagster run config. Storage credentials come
     from the fsspec backend's own env vars or POINTVID_STORAGE_OPTIONS (see storage/publish.py).
@@ -41,6 +63,7 @@ class PipelineSettings:
     densification: str = "displacement"  # stages/point_maps.DENSIFICATION_METHODS; "paper" is Algorithm 1 as printed
     batch_size: int = 8  # clips per model call where a stage batches across clips
     output_uri: str | None = None
+    budget: RowBudget = RowBudget()
 
     def __post_init__(self):
         if self.smoothing and self.smoothing not in SMOOTHING_PRESETS:
@@ -93,4 +116,9 @@ class PipelineSettings:
             densification=env.get("POINTVID_DENSIFICATION", "displacement"),
             batch_size=int(env.get("POINTVID_BATCH_SIZE", "8")),
             output_uri=env.get("POINTVID_OUTPUT_URI") or None,
+            budget=RowBudget(
+                read_timeout_s=float(env.get("POINTVID_READ_TIMEOUT_S", RowBudget.read_timeout_s)),
+                max_source_pixels=int(env.get("POINTVID_MAX_SOURCE_PIXELS", RowBudget.max_source_pixels)),
+                max_aspect_ratio=float(env.get("POINTVID_MAX_ASPECT_RATIO", RowBudget.max_aspect_ratio)),
+            ),
         )

@@ -16,7 +16,7 @@ from pydantic import Field, PrivateAttr
 
 from pointvid_pipeline.backends.llm import API_KEY_ENV
 from pointvid_pipeline.backends.registry import BACKENDS, StageBackends, backend_name, create_backend
-from pointvid_pipeline.settings import PipelineSettings
+from pointvid_pipeline.settings import PipelineSettings, RowBudget
 from pointvid_pipeline.storage.publish import STORAGE_OPTIONS_ENV, parse_storage_options
 
 
@@ -45,6 +45,9 @@ class PipelineSettingsResource(ConfigurableResource):
     densification: str = "displacement"
     batch_size: int = 8
     output_uri: str = ""
+    read_timeout_s: float = RowBudget.read_timeout_s
+    max_source_pixels: int = RowBudget.max_source_pixels
+    max_aspect_ratio: float = RowBudget.max_aspect_ratio
     storage_options_json: str = Field(default="", repr=False, description=f"JSON object of fsspec options for output_uri: only ever EnvVar({STORAGE_OPTIONS_ENV!r})")
 
     @classmethod
@@ -53,7 +56,8 @@ class PipelineSettingsResource(ConfigurableResource):
             data_dir=str(settings.data_dir), manifest=settings.manifest or "", scenes=settings.scenes or "", shard_size=settings.shard_size or 0,
             profile=settings.profile, frame_stride=settings.frame_stride, grid_size=settings.grid_size,
             background_fraction=settings.background_fraction, kalman_rts=settings.kalman_rts, smoothing=settings.smoothing, densification=settings.densification,
-            batch_size=settings.batch_size, output_uri=settings.output_uri or "", storage_options_json=optional_env_var(STORAGE_OPTIONS_ENV),
+            batch_size=settings.batch_size, output_uri=settings.output_uri or "", read_timeout_s=settings.budget.read_timeout_s,
+            max_source_pixels=settings.budget.max_source_pixels, max_aspect_ratio=settings.budget.max_aspect_ratio, storage_options_json=optional_env_var(STORAGE_OPTIONS_ENV),
         )
 
     def settings(self) -> PipelineSettings:
@@ -62,6 +66,7 @@ class PipelineSettingsResource(ConfigurableResource):
             profile=self.profile, frame_stride=self.frame_stride, grid_size=self.grid_size,
             background_fraction=self.background_fraction, kalman_rts=self.kalman_rts, smoothing=self.smoothing, densification=self.densification,
             batch_size=self.batch_size, output_uri=self.output_uri or None,
+            budget=RowBudget(read_timeout_s=self.read_timeout_s, max_source_pixels=self.max_source_pixels, max_aspect_ratio=self.max_aspect_ratio),
         )
 
     def storage_options(self) -> dict:
