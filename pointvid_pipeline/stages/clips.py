@@ -126,7 +126,7 @@ class DeadlineFile:
             except Exception as error:  # noqa: BLE001  (handed to the waiting thread, which raises it)
                 result.set_exception(error)
 
-        threading.Thread(target=run, name=f"read {self._uri}", daemon=True).start()
+        threading.Thread(target=run, daemon=True).start()
         try:
             return result.result(timeout=max(0.0, self._deadline - time.monotonic()))
         except TimeoutError:
