@@ -128,7 +128,7 @@ def _clips(sample: Sample, settings: PipelineSettings, backends: StageBackends) 
     else:
         from pointvid_pipeline.stages.clips import decode_clip
 
-        frames, info = decode_clip(row.video, row.start, row.end, stride=settings.frame_stride)
+        frames, info = decode_clip(row.video, row.start, row.end, stride=settings.frame_stride, budget=settings.budget)
         clip = Clip(row.key, frames, row.caption, default_intrinsics(), {"kind": "video", **info, "intrinsics": "assumed 60 deg horizontal FOV"})
         backend = f"pyav@{info.get('av_version', '')}"
     arrays = {"frames": clip.frames, "intrinsics": clip.intrinsics}

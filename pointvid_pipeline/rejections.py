@@ -13,6 +13,8 @@ class RejectionReason(str, Enum):
     truncated_video = "truncated_video"
     too_few_frames = "too_few_frames"
     black_first_frame = "black_first_frame"
+    unsupported_frame_shape = "unsupported_frame_shape"
+    read_timeout = "read_timeout"
     missing_caption = "missing_caption"
     no_object_in_caption = "no_object_in_caption"
     empty_mask = "empty_mask"
@@ -39,7 +41,8 @@ REASONS: dict[RejectionReason, tuple[RejectionClass, str]] = {
     RejectionReason.unreadable_video: (_P, "missing local file, HTTP 404, zero-byte file, not a video, or no decodable stream"),
     RejectionReason.truncated_video: (_P, "the container promises more than can be decoded"),
     RejectionReason.too_few_frames: (_P, "fewer than 16 frames between start and end at the stride"),
-    RejectionReason.black_first_frame: (_P, "the reference frame carries no signal"),
+    RejectionReason.black_first_frame: (_P, "no frame among the first 16 of the span carries signal (a fade-in is skipped: stages/clips.py)"),
+    RejectionReason.unsupported_frame_shape: (_P, "decoded frame larger than POINTVID_MAX_SOURCE_PIXELS or narrower than POINTVID_MAX_ASPECT_RATIO: it cannot be fitted to 448 x 256 in bounded memory"),
     RejectionReason.missing_caption: (_P, "caption absent or blank"),
     RejectionReason.no_object_in_caption: (_P, "the extractor names no object"),
     RejectionReason.empty_mask: (_P, "segmentation finds no foreground on the reference frame"),
@@ -49,6 +52,7 @@ REASONS: dict[RejectionReason, tuple[RejectionClass, str]] = {
     RejectionReason.invalid_manifest_row: (_P, "a row the manifest reader cannot interpret, or a start/end that is not a finite time"),
     RejectionReason.duplicate_row: (_P, "the same (video, start, end) appears again in the manifest"),
     RejectionReason.backend_error: (_T, "a model backend raised on this sample (timeout, out of memory, endpoint down)"),
+    RejectionReason.read_timeout: (_T, "opening or reading a video URL overran the row's wall-clock budget (POINTVID_READ_TIMEOUT_S)"),
     RejectionReason.network_error: (_T, "a remote video could not be reached: connection refused or reset, DNS failure, timeout, HTTP 5xx or 429"),
     RejectionReason.missing_storage_driver: (_C, "a video URL's protocol is unknown to fsspec or its driver is not installed (`pip install s3fs`)"),
     RejectionReason.invalid_setting: (_C, "a setting out of range or not a number (e.g. POINTVID_FRAME_STRIDE=0)"),

@@ -19,6 +19,27 @@ STAGE_FILE_POLICIES = ("keep", "accepted-only", "none")  # see pipeline.retained
 
 
 @dataclass(frozen=True)
+class RowBudget:
+    """What one real video may cost (enforced by stages/clips.py): a row over budget is ledgered, never run to the end.
+
+    read_timeout_s: wall clock for opening and reading a video given as a URL (a silent server must not stall the shard).
+    max_source_pixels: largest decoded frame, width x height (default DCI 8K); the decoder holds a few such frames.
+    max_aspect_ratio: longest over shortest side; anything narrower cannot be fitted to 448 x 256 in bounded memory.
+    """
+
+    read_timeout_s: float = 120.0
+    max_source_pixels: int = 8192 * 4320
+    max_aspect_ratio: float = 4.0
+
+    def __post_init__(self):
+        for variable, value in (("POINTVID_READ_TIMEOUT_S", self.read_timeout_s), ("POINTVID_MAX_SOURCE_PIXELS", self.max_source_pixels)):
+            if not value > 0:
+                raise ConfigurationError(f"{variable} must be positive, got {value!r}")
+        if not self.max_aspect_ratio >= 1:
+            raise ConfigurationError(f"POINTVID_MAX_ASPECT_RATIO must be at least 1 (longest side / shortest side), got {self.max_aspect_ratio!r}")
+
+
+@dataclass(frozen=True)
 class PipelineSettings:
     """Everything a run needs besides the backends.
 
@@ -32,6 +53,7 @@ class PipelineSettings:
     retry_attempts, retry_backoff_s: a transient failure is tried `retry_attempts` times in all, waiting
         retry_backoff_s, then twice that, ... between tries, before it becomes a ledger row.
     keep_stage_files: which samples' stage files stay once their shard is written (STAGE_FILE_POLICIES).
+    budget: per-row limits on real videos (time to read a URL, frame size, aspect ratio).
 
     An invalid value raises ConfigurationError here, before any row is processed.
 
@@ -56,6 +78,7 @@ class PipelineSettings:
     retry_attempts: int = 3
     retry_backoff_s: float = 0.5
     keep_stage_files: str = "accepted-only"
+    budget: RowBudget = RowBudget()
 
     def __post_init__(self):
         for variable, value, allowed in (
@@ -137,4 +160,9 @@ class PipelineSettings:
             retry_attempts=number("POINTVID_RETRY_ATTEMPTS", "3"),
             retry_backoff_s=number("POINTVID_RETRY_BACKOFF_S", "0.5", float),
             keep_stage_files=env.get("POINTVID_KEEP_STAGE_FILES", "accepted-only"),
+            budget=RowBudget(
+                read_timeout_s=number("POINTVID_READ_TIMEOUT_S", str(RowBudget.read_timeout_s), float),
+                max_source_pixels=number("POINTVID_MAX_SOURCE_PIXELS", str(RowBudget.max_source_pixels)),
+                max_aspect_ratio=number("POINTVID_MAX_ASPECT_RATIO", str(RowBudget.max_aspect_ratio), float),
+            ),
         )

@@ -8,11 +8,14 @@ import av
 import numpy as np
 
 
-def write_video(path: Path, frames: np.ndarray, fps: int = 24, rotation_deg: int = 0) -> Path:
-    """Encode RGB frames (T, H, W, 3) uint8 as H.264 MP4 with PyAV."""
+def write_video(path: Path, frames: np.ndarray, fps: int = 24, rotation_deg: int = 0, pix_fmt: str = "yuv420p", preset: str = "medium") -> Path:
+    """Encode RGB frames (T, H, W, 3) uint8 as H.264 with PyAV, in the container the suffix names (.h264: a raw stream, no timestamps).
+
+    yuv420p needs even sides; yuv444p takes any (a 1-pixel-wide video).
+    """
     with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream = out.add_stream("libx264", rate=fps, options={"preset": preset})
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
         if rotation_deg:
             stream.set_display_rotation(rotation_deg)
         for image in frames:

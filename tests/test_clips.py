@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,11 +15,13 @@ import av
 import fsspec
 import numpy as np
 import pytest
-from media import shared_video, write_video
+from local_servers import file_server, silent_server
+from media import shared_video, textured_frames, write_video
 
 from pointvid_pipeline.clip import FRAME_COUNT, FRAME_HEIGHT, FRAME_WIDTH
-from pointvid_pipeline.rejections import ConfigurationError, RejectionReason, SampleRejected
-from pointvid_pipeline.stages.clips import decode_clip
+from pointvid_pipeline.rejections import TRANSIENT_REASONS, ConfigurationError, RejectionReason, SampleRejected
+from pointvid_pipeline.settings import PipelineSettings, RowBudget
+from pointvid_pipeline.stages.clips import REFERENCE_SEARCH_FRAMES, decode_clip
 
 VIDEO_NAMES = ["01_dog.mp4", "02_cups.mp4", "03_blocks.mp4", "04_coffee.mp4", "05_juggle.mp4", "bedroom.mp4"]
 
@@ -267,3 +272,183 @@ def test_fsspec_urls_decode(tmp_path):
         fsspec.filesystem("memory").rm(memory_uri)
     assert np.array_equal(local, via_memory)
     assert info["uri"] == memory_uri
+
+
+# ---- reference frame: fades, and streams without timestamps
+
+
+@pytest.mark.parametrize("black, stride, skipped", [(1, 1, 1), (3, 1, 3), (3, 2, 2), (REFERENCE_SEARCH_FRAMES - 1, 1, REFERENCE_SEARCH_FRAMES - 1)])
+def test_a_fade_in_is_skipped_and_the_clip_starts_at_the_first_usable_frame(tmp_path, black, stride, skipped):
+    frames = noise_frames(48)
+    frames[:black] = 0
+    path = write_video(tmp_path / "fade.mp4", frames)
+    decoded, info = decode_clip(str(path), stride=stride)
+    assert info["skipped_leading_frames"] == skipped
+    assert info["first_frame_s"] == pytest.approx(skipped * stride / 24, abs=1e-4)
+    assert decoded.shape == (FRAME_COUNT, FRAME_HEIGHT, FRAME_WIDTH, 3) and decoded[0].mean() > 60
+    # The same 16 frames as a clip asked to start at that frame.
+    from_there, there = decode_clip(str(path), start=info["first_frame_s"], stride=stride)
+    assert np.array_equal(decoded, from_there) and there["skipped_leading_frames"] == 0
+
+
+def test_only_when_no_leading_frame_is_usable_the_clip_is_black_first_frame(tmp_path):
+    frames = noise_frames(48)
+    frames[:REFERENCE_SEARCH_FRAMES] = 0
+    error = rejection(write_video(tmp_path / "long_fade.mp4", frames))
+    assert error.reason is RejectionReason.black_first_frame
+    assert f"none of the first {REFERENCE_SEARCH_FRAMES} frames" in error.detail and "mean" in error.detail
+
+
+def test_fade_that_leaves_too_few_frames_says_so(tmp_path):
+    frames = noise_frames(20)
+    frames[:6] = 0
+    error = rejection(write_video(tmp_path / "short_fade.mp4", frames))
+    assert error.reason is RejectionReason.too_few_frames
+    assert "14/16" in error.detail and "after 6 leading frames" in error.detail
+
+
+def test_a_raw_h264_stream_without_timestamps_is_decoded_by_frame_order(tmp_path):
+    frames = noise_frames(40)
+    raw = write_video(tmp_path / "clip.h264", frames)
+    with av.open(str(raw)) as container:  # the premise: not one frame carries a timestamp
+        assert container.format.name == "h264"
+        assert all(frame.pts is None for frame in container.decode(video=0))
+    in_mp4, _ = decode_clip(str(write_video(tmp_path / "clip.mp4", frames)))
+
+    decoded, info = decode_clip(str(raw))
+    assert info["frame_timing"] == "frame order" and info["fps"] > 0
+    assert info["frame_times_s"] == pytest.approx([index / info["fps"] for index in range(FRAME_COUNT)])
+    assert np.array_equal(decoded, in_mp4)
+    # A start time cannot be sought in such a stream: it is reached by counting frames from the first.
+    later, later_info = decode_clip(str(raw), start=8 / info["fps"], stride=2)
+    assert later_info["first_frame_s"] == pytest.approx(8 / info["fps"])
+    assert np.array_equal(later, decode_clip(str(tmp_path / "clip.mp4"), start=8 / 24, stride=2)[0])
+
+
+# ---- budgets: frame shape and memory
+
+
+@pytest.mark.parametrize("width, height", [(1, 1080), (1, 256), (1080, 1)])
+def test_absurd_aspect_ratios_are_refused_before_decoding(tmp_path, width, height):
+    path = write_video(tmp_path / f"thin_{width}x{height}.mp4", noise_frames(20, height=height, width=width), pix_fmt="yuv444p")
+    started = time.monotonic()
+    error = rejection(path)
+    assert error.reason is RejectionReason.unsupported_frame_shape
+    assert f"{width}x{height}" in error.detail and "POINTVID_MAX_ASPECT_RATIO" in error.detail
+    assert error.reason.value not in TRANSIENT_REASONS  # it can never succeed: never retried
+    assert time.monotonic() - started < 5
+
+
+def test_the_widest_accepted_aspect_ratio_still_decodes(tmp_path):
+    path = write_video(tmp_path / "banner.mp4", noise_frames(20, height=128, width=512))  # exactly 4:1
+    frames, info = decode_clip(str(path))
+    assert frames.shape == (FRAME_COUNT, FRAME_HEIGHT, FRAME_WIDTH, 3) and (info["source_width"], info["source_height"]) == (512, 128)
+
+
+def test_frames_larger_than_the_pixel_budget_are_refused_also_when_the_size_changes_mid_stream(tmp_path):
+    small = write_video(tmp_path / "small.h264", noise_frames(10, height=180, width=320))
+    large = write_video(tmp_path / "large.h264", noise_frames(20, height=360, width=640))
+    joined = tmp_path / "joined.h264"  # raw H.264 streams concatenate: 10 frames at 320x180, then 640x360
+    joined.write_bytes(small.read_bytes() + large.read_bytes())
+    budget = RowBudget(max_source_pixels=320 * 180)
+    assert decode_clip(str(large), budget=RowBudget(max_source_pixels=640 * 360))[0].shape[0] == FRAME_COUNT
+    assert rejection(large, budget=budget).reason is RejectionReason.unsupported_frame_shape
+    error = rejection(joined, budget=budget)
+    assert error.reason is RejectionReason.unsupported_frame_shape
+    assert "640x360" in error.detail and "POINTVID_MAX_SOURCE_PIXELS" in error.detail
+
+
+PEAK_MEMORY = """
+import json, re, sys
+from pathlib import Path
+from pointvid_pipeline.rejections import SampleRejected
+from pointvid_pipeline.stages.clips import decode_clip
+def peak_kb():
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text())[1])
+baseline = peak_kb()
+try:
+    decode_clip(sys.argv[1])
+    outcome = "accepted"
+except SampleRejected as rejection:
+    outcome = rejection.reason.value
+print(json.dumps({"outcome": outcome, "baseline_kb": baseline, "peak_kb": peak_kb()}))
+"""
+UHD_ROW_MEMORY_MB = 300  # docs/running_at_scale.md: about 130 MB measured for 3840x2160 (470 MB at the 8K limit)
+REJECTED_ROW_MEMORY_MB = 50
+
+
+def peak_memory_of_decoding(path: Path) -> dict:
+    """decode_clip in a fresh interpreter: its peak RSS above what importing the stage already took.
+
+    The peak is the process's VmHWM (reset by exec): getrusage's ru_maxrss would carry over the
+    forking test process's own peak, hundreds of MB that hide the child's.
+    """
+    child = subprocess.run([sys.executable, "-c", PEAK_MEMORY, str(path)], check=False, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert child.returncode == 0, child.stderr
+    result = json.loads(child.stdout)
+    return {"outcome": result["outcome"], "extra_mb": (result["peak_kb"] - result["baseline_kb"]) / 1024}
+
+
+@pytest.mark.parametrize("width, height", [(1, 1080), (1, 256)])
+def test_a_one_pixel_wide_video_costs_no_memory(tmp_path, width, height):
+    """It used to be upscaled to cover 448x256 before cropping: 2.4 GB for 1x256, 10 GB for 1x1080."""
+    path = write_video(tmp_path / f"thin_{width}x{height}.mp4", noise_frames(20, height=height, width=width), pix_fmt="yuv444p")
+    measured = peak_memory_of_decoding(path)
+    print(f"{width}x{height}: {measured}")
+    assert measured["outcome"] == "unsupported_frame_shape" and measured["extra_mb"] < REJECTED_ROW_MEMORY_MB
+
+
+def test_a_4k_video_is_decoded_within_the_documented_memory_bound(tmp_path):
+    image = textured_frames(1, height=2160, width=3840)[0]
+    path = write_video(tmp_path / "uhd.mp4", np.broadcast_to(image, (FRAME_COUNT, *image.shape)), preset="ultrafast")
+    measured = peak_memory_of_decoding(path)
+    print(f"3840x2160: {measured}")
+    assert measured["outcome"] == "accepted" and measured["extra_mb"] < UHD_ROW_MEMORY_MB
+
+
+def test_budgets_are_read_from_the_environment_and_reach_dagster_runs():
+    from pointvid_pipeline.dagster_defs.resources import PipelineSettingsResource
+
+    settings = PipelineSettings.from_env({"POINTVID_READ_TIMEOUT_S": "7.5", "POINTVID_MAX_SOURCE_PIXELS": "1000000", "POINTVID_MAX_ASPECT_RATIO": "2.5"})
+    assert settings.budget == RowBudget(read_timeout_s=7.5, max_source_pixels=1_000_000, max_aspect_ratio=2.5)
+    assert PipelineSettingsResource.from_settings(settings).settings().budget == settings.budget
+    assert PipelineSettings.from_env({}).budget == RowBudget()
+    with pytest.raises(ValueError, match="POINTVID_MAX_ASPECT_RATIO"):
+        PipelineSettings.from_env({"POINTVID_MAX_ASPECT_RATIO": "0.5"})
+    with pytest.raises(ValueError, match="POINTVID_READ_TIMEOUT_S"):
+        RowBudget(read_timeout_s=0)
+
+
+# ---- budgets: wall clock for videos behind a URL
+
+
+READ_BUDGET_S = 2.0
+SLACK_S = 3.0  # thread start-up and a loaded machine
+
+
+def test_video_over_http_decodes_like_the_local_file():
+    path = shared_video("bedroom.mp4")
+    with file_server(path) as url:
+        frames, info = decode_clip(url, budget=RowBudget(read_timeout_s=60))
+    assert np.array_equal(frames, decode_clip(str(path))[0]) and info["uri"] == url
+
+
+def test_a_server_that_accepts_and_never_answers_costs_the_row_its_budget_only():
+    with silent_server() as url:
+        started = time.monotonic()
+        error = rejection(url, budget=RowBudget(read_timeout_s=READ_BUDGET_S))
+        elapsed = time.monotonic() - started
+    assert error.reason is RejectionReason.read_timeout and error.reason.value in TRANSIENT_REASONS
+    assert "POINTVID_READ_TIMEOUT_S" in error.detail
+    assert READ_BUDGET_S - 0.1 < elapsed < READ_BUDGET_S + SLACK_S
+
+
+def test_a_server_that_trickles_bytes_cannot_stretch_the_budget_read_by_read():
+    """Every single read answers within a second, but the whole video would take about a minute."""
+    path = shared_video("bedroom.mp4")
+    with file_server(path, seconds_per_chunk=0.2) as url:
+        started = time.monotonic()
+        error = rejection(url, budget=RowBudget(read_timeout_s=READ_BUDGET_S))
+        elapsed = time.monotonic() - started
+    assert error.reason is RejectionReason.read_timeout
+    assert READ_BUDGET_S - 0.1 < elapsed < READ_BUDGET_S + SLACK_S

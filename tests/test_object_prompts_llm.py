@@ -7,10 +7,11 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 import torch
+from local_servers import http_server
 from tiny_qwen2 import save_tiny_qwen2
 
 from pointvid_pipeline.backends.llm import (
@@ -108,16 +109,8 @@ def caption_of(body: dict) -> str:
 
 @contextmanager
 def serve(endpoint: RecordedEndpoint):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), endpoint.handler())
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with http_server(endpoint.handler()) as base_url:
+        yield f"{base_url}/v1"
 
 
 @pytest.fixture

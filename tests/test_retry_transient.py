@@ -137,7 +137,7 @@ def test_retry_transient_command_runs_through_dagster(failed_run, tmp_path):
     assert list(read_samples(settings.shards_dir / f"{PARTITION}.tar")) == [keys[0], keys[1]]
     with DagsterInstance.from_config(str(tmp_path / "home")) as instance:
         runs = instance.get_runs()
-    assert all(run.tags.get(RETRY_TAG) == "backend_error,network_error" for run in runs if run.job_name == "curate_shard")
+    assert all(run.tags.get(RETRY_TAG) == ",".join(sorted(TRANSIENT_REASONS)) for run in runs if run.job_name == "curate_shard")
 
 
 # ---- retention of stage files once the shard is written (docs/rejections.md)

@@ -16,7 +16,7 @@ from pydantic import Field, PrivateAttr
 
 from pointvid_pipeline.backends.llm import API_KEY_ENV
 from pointvid_pipeline.backends.registry import BACKENDS, StageBackends, backend_name, create_backend
-from pointvid_pipeline.settings import MANIFEST_FALLBACK_ENCODING, PipelineSettings
+from pointvid_pipeline.settings import MANIFEST_FALLBACK_ENCODING, PipelineSettings, RowBudget
 from pointvid_pipeline.storage.publish import STORAGE_OPTIONS_ENV, parse_storage_options
 
 
@@ -49,6 +49,9 @@ class PipelineSettingsResource(ConfigurableResource):
     retry_attempts: int = 3
     retry_backoff_s: float = 0.5
     keep_stage_files: str = "accepted-only"
+    read_timeout_s: float = RowBudget.read_timeout_s
+    max_source_pixels: int = RowBudget.max_source_pixels
+    max_aspect_ratio: float = RowBudget.max_aspect_ratio
     storage_options_json: str = Field(default="", repr=False, description=f"JSON object of fsspec options for output_uri: only ever EnvVar({STORAGE_OPTIONS_ENV!r})")
 
     @classmethod
@@ -59,6 +62,7 @@ class PipelineSettingsResource(ConfigurableResource):
             background_fraction=settings.background_fraction, kalman_rts=settings.kalman_rts, smoothing=settings.smoothing, densification=settings.densification,
             batch_size=settings.batch_size, output_uri=settings.output_uri or "", storage_options_json=optional_env_var(STORAGE_OPTIONS_ENV),
             retry_attempts=settings.retry_attempts, retry_backoff_s=settings.retry_backoff_s, keep_stage_files=settings.keep_stage_files,
+            read_timeout_s=settings.budget.read_timeout_s, max_source_pixels=settings.budget.max_source_pixels, max_aspect_ratio=settings.budget.max_aspect_ratio,
         )
 
     def settings(self) -> PipelineSettings:
@@ -68,6 +72,7 @@ class PipelineSettingsResource(ConfigurableResource):
             background_fraction=self.background_fraction, kalman_rts=self.kalman_rts, smoothing=self.smoothing, densification=self.densification,
             batch_size=self.batch_size, output_uri=self.output_uri or None,
             retry_attempts=self.retry_attempts, retry_backoff_s=self.retry_backoff_s, keep_stage_files=self.keep_stage_files,
+            budget=RowBudget(read_timeout_s=self.read_timeout_s, max_source_pixels=self.max_source_pixels, max_aspect_ratio=self.max_aspect_ratio),
         )
 
     def storage_options(self) -> dict:
