@@ -29,7 +29,7 @@ CAPTION = "A person shuffles three red cups."
 
 def test_every_reason_has_one_class_and_the_doc_shows_the_table():
     assert set(REASONS) == set(RejectionReason), f"reasons without a class in rejections.REASONS: {sorted(set(RejectionReason) - set(REASONS))}"
-    assert TRANSIENT_REASONS == {reason.value for reason, (kind, _) in REASONS.items() if kind is RejectionClass.transient} == {"backend_error", "network_error"}
+    assert TRANSIENT_REASONS == {reason.value for reason, (kind, _) in REASONS.items() if kind is RejectionClass.transient} == {"backend_error", "network_error", "read_timeout"}
     table = re.search(r"<!-- reasons table[^\n]*-->\n(.*?)<!-- end of reasons table -->", DOC.read_text(), re.DOTALL)
     assert table and table.group(1) == reasons_markdown(), "docs/rejections.md's table differs from rejections.reasons_markdown(): paste its output"
 
