@@ -77,6 +77,7 @@ class Sample:
                 extrinsics=data["truth_extrinsics"],
                 track_uvd=data["truth_track_uvd"],
                 track_visible=data["truth_track_visible"],
+                intrinsics=data.get("truth_intrinsics"),
             )
         return Clip(self.key, data["frames"], self.meta["caption"], data["intrinsics"], self.meta["source"], truth)
 
@@ -139,6 +140,7 @@ def _clips(sample: Sample, settings: PipelineSettings, backends: StageBackends) 
             truth_extrinsics=truth.extrinsics,
             truth_track_uvd=truth.track_uvd,
             truth_track_visible=truth.track_visible,
+            truth_intrinsics=truth.intrinsics,
         )
         meta["truth_object_names"] = truth.object_names
     meta["backends"] = {"clips": backend}

@@ -17,11 +17,11 @@ from pointvid_pipeline.clip import (
     SYNTHETIC_CAPTION_TAG,
     unproject,
 )
+from pointvid_pipeline.synthetic.cameras import look_at
 from pointvid_pipeline.synthetic.scenes import (
     OBJECT_KINDS,
     SceneSpec,
     load_default_scenes,
-    look_at,
     render_scene,
     render_view,
     scene_caption,
