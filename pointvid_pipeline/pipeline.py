@@ -120,9 +120,9 @@ def _clips(sample: Sample, settings: PipelineSettings, backends: StageBackends) 
     if not row.caption.strip():
         raise SampleRejected(RejectionReason.missing_caption, "caption is empty")
     if row.is_synthetic:
-        from pointvid_pipeline.synthetic.scenes import load_default_scenes, render_scene
+        from pointvid_pipeline.synthetic.scenes import read_scenes, render_scene
 
-        clip = render_scene(next(spec for spec in load_default_scenes(settings.scenes) if spec.name == row.scene))
+        clip = render_scene(next(spec for name, spec in read_scenes(settings.scenes) if name == row.scene))
         backend = f"pybullet-tinyrenderer@{clip.source.get('pybullet_version', '')}"
     else:
         from pointvid_pipeline.stages.clips import decode_clip
@@ -335,9 +335,9 @@ def input_rows(settings: PipelineSettings) -> list[InputRow]:
     """
     if settings.manifest:
         return list(_manifest_rows(settings.manifest, manifest_version(settings.manifest)))
-    from pointvid_pipeline.synthetic.scenes import load_default_scenes, scene_caption
+    from pointvid_pipeline.synthetic.scenes import read_scenes, scene_caption
 
-    return synthetic_rows([(spec.name, scene_caption(spec)) for spec in load_default_scenes(settings.scenes)])
+    return synthetic_rows([(name, spec if isinstance(spec, str) else None, "" if isinstance(spec, str) else scene_caption(spec)) for name, spec in read_scenes(settings.scenes)])
 
 
 def partition_rows(settings: PipelineSettings) -> dict[str, list[InputRow]]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from pointvid_pipeline.clip import SYNTHETIC_CAPTION_TAG
+from pointvid_pipeline.clip import strip_caption_tags
 from pointvid_pipeline.rejections import RejectionReason, SampleRejected
 
 VOCABULARY_PATH = Path(__file__).resolve().parents[2] / "assets" / "vocabulary" / "objects.json"
@@ -66,7 +66,7 @@ class LexicalObjectExtractor:
         return [ExtractedObjects(self._extract_one(caption)) for caption in captions]
 
     def _extract_one(self, caption: str) -> list[str]:
-        text = caption.replace(SYNTHETIC_CAPTION_TAG, " ").lower()
+        text = strip_caption_tags(caption).lower()
         names = [self._canonical[m.group(1)] for m in self._pattern.finditer(text)]
         return list(dict.fromkeys(names))
 

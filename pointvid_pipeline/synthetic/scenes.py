@@ -108,7 +108,7 @@ FLOORS: dict[str, tuple[str, float, str]] = {  # name -> (texture inside pybulle
     "fine_checker": ("checker_grid.jpg", 0.25, "a small black and white checkered floor"),
 }
 FLOOR_HALF_SIZE = 10.0  # metres; far beyond the farthest floor point any camera sees
-BACKDROP_DISTANCE, BACKDROP_HALF_WIDTH, BACKDROP_HEIGHT = 1.2, 4.0, 3.0  # metres: a wall behind the objects, facing the camera
+BACKDROP_DISTANCE, BACKDROP_HALF_WIDTH, BACKDROP_HEIGHT = 1.8, 5.0, 3.0  # metres: a wall behind the objects, facing the camera
 RAMP_LENGTH = 0.5  # metres along the slope
 
 MOTION_PHRASES = {
@@ -243,10 +243,31 @@ class SceneSpec:
         return CameraProgram(movement=movement, value=fields.pop("value", default), distance=fields.pop("distance", rig.distance), **angles, **fields)
 
 
-def load_default_scenes(path: str | Path | None = None) -> list[SceneSpec]:
-    """The scene list shipped in assets/scenes (or any JSON list of scene dicts)."""
+def read_scenes(path: str | Path | None = None) -> list[tuple[str, SceneSpec | str]]:
+    """(name, spec) for every entry of a scenes JSON list (default: the one shipped in assets/scenes), or
+    (name, why it is not a valid spec): a run ledgers such entries instead of failing on them."""
     with open(path or DEFAULT_SCENES_PATH) as f:
-        return [SceneSpec.from_dict(entry) for entry in json.load(f)]
+        entries = json.load(f)
+    if not isinstance(entries, list):
+        raise TypeError(f"{path}: a scenes file is a JSON list of scene specs")
+    scenes = []
+    for index, entry in enumerate(entries):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        name = name if isinstance(name, str) and SCENE_NAME.match(name) else f"invalid_scene_{index:05d}"
+        try:
+            scenes.append((name, SceneSpec.from_dict(entry)))
+        except (TypeError, ValueError, KeyError) as exc:
+            scenes.append((name, f"scene {index} ({name}) is not a valid spec: {exc}"))
+    return scenes
+
+
+def load_default_scenes(path: str | Path | None = None) -> list[SceneSpec]:
+    """The scene list shipped in assets/scenes (or any JSON list of scene dicts); raises on an invalid entry."""
+    scenes = read_scenes(path)
+    invalid = [spec for _, spec in scenes if isinstance(spec, str)]
+    if invalid:
+        raise ValueError("; ".join(invalid))
+    return [spec for _, spec in scenes]
 
 
 def scene_caption(spec: SceneSpec) -> str:
@@ -380,14 +401,14 @@ def _load_object(obj: SceneObject, orientation: list[float], client: int) -> int
             shape = {"shapeType": p.GEOM_MESH, "fileName": f"{data}/{kind.mesh}", "meshScale": [kind.scale * size] * 3}
         else:
             extents = [e * size for e in kind.extents]
-            shape = {
-                "box": {"shapeType": p.GEOM_BOX, "halfExtents": extents},
-                "sphere": {"shapeType": p.GEOM_SPHERE, "radius": extents[0]},
-                "cylinder": {"shapeType": p.GEOM_CYLINDER, "radius": extents[0], "height": 2 * extents[1]},
-                "capsule": {"shapeType": p.GEOM_CAPSULE, "radius": extents[0], "height": 2 * extents[1]},
-            }[kind.shape]
-        collision = p.createCollisionShape(**{("length" if k == "height" else k): v for k, v in shape.items()}, physicsClientId=client)
-        visual = p.createVisualShape(**{k: v for k, v in shape.items() if k != "height"}, **({"length": shape["height"]} if "height" in shape else {}), physicsClientId=client)
+            if kind.shape == "box":
+                shape = {"shapeType": p.GEOM_BOX, "halfExtents": extents}
+            elif kind.shape == "sphere":
+                shape = {"shapeType": p.GEOM_SPHERE, "radius": extents[0]}
+            else:
+                shape = {"shapeType": {"cylinder": p.GEOM_CYLINDER, "capsule": p.GEOM_CAPSULE}[kind.shape], "radius": extents[0], "height": 2 * extents[1]}
+        collision = p.createCollisionShape(**shape, physicsClientId=client)
+        visual = p.createVisualShape(**{("length" if k == "height" else k): v for k, v in shape.items()}, physicsClientId=client)  # the same size under another name
         body = p.createMultiBody(0.1, collision, visual, [0.0, 0.0, 0.0], orientation, physicsClientId=client)
     rgba = (*COLOURS[obj.colour], 1.0) if obj.colour else kind.rgba
     if rgba is not None:
@@ -529,8 +550,9 @@ def _build_scene(spec: SceneSpec, rig: CameraRig, rng: np.random.Generator, clie
             velocity = np.append(rng.uniform(0.5, 0.9) * rig.across, rng.uniform(1.0, 1.6))
             p.resetBaseVelocity(body, velocity.tolist(), rng.uniform(-6.0, 6.0, size=3).tolist(), physicsClientId=client)
     elif spec.motion == "topple":
-        push = np.append(rng.choice([-1.0, 1.0]) * rng.uniform(0.5, 0.9) * rig.across, 0.0)
-        p.resetBaseVelocity(bodies[-1], push.tolist(), [0.0, 0.0, 0.0], physicsClientId=client)
+        push = np.append(rng.choice([-1.0, 1.0]) * rng.uniform(0.8, 1.2) * rig.across, 0.0)
+        for level, body in enumerate(bodies[1:], start=1):  # the higher, the harder: the stack tips over
+            p.resetBaseVelocity(body, (push * level / (len(bodies) - 1)).tolist(), [0.0, 0.0, 0.0], physicsClientId=client)
     if spec.background is not None:
         _load_backdrop(spec.background, _objects_centre(bodies, client), rig, client)
     return bodies
