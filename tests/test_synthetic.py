@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import itertools
 import json
+import os
 import re
 import subprocess
 import sys
@@ -22,6 +24,7 @@ from pointvid_pipeline.clip import (
     unproject,
 )
 from pointvid_pipeline.stages.object_prompts import LexicalObjectExtractor
+from pointvid_pipeline.storage.shard_format import read_samples
 from pointvid_pipeline.synthetic.cameras import MOVEMENTS, CameraProgram, camera_pose, look_at
 from pointvid_pipeline.synthetic.generator import generate_scenes
 from pointvid_pipeline.synthetic.scenes import (
@@ -34,6 +37,7 @@ from pointvid_pipeline.synthetic.scenes import (
     scene_caption,
     scene_intrinsics,
 )
+from training.data import make_loader
 
 STATIC_DROP = "drop_duck_cube_static"
 ORBIT_DROP = "drop_ball_teddy_block_orbit"
@@ -278,7 +282,7 @@ def test_generator_is_deterministic_stratified_and_valid(generated, tmp_path):
         assert caption.startswith(f"{SYNTHETIC_CAPTION_TAG} <camera-{scene['camera']['movement']}> ")
         assert len(extractor.extract([caption])[0].names) == len(spec.objects)  # every object named, none twice
     out = tmp_path / "scenes.json"
-    done = subprocess.run([sys.executable, "-m", "pointvid_pipeline.cli", "synth", "--count", "12", "--seed", str(GENERATOR_SEED), "--out", str(out)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "pointvid_pipeline.cli", "synth", "--count", "12", "--seed", str(GENERATOR_SEED), "--out", str(out)], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert json.loads(out.read_text()) == generated
     assert [spec.name for spec in load_default_scenes(out)] == [scene["name"] for scene in generated]
@@ -355,3 +359,35 @@ def test_zoom_scene_has_per_frame_intrinsics_and_exact_ground_truth(generated):
 def test_tags_are_not_objects_for_the_extractor():
     caption = "<synthetic> <camera-truck> A large blue checkered cylinder and a white mug slide across a wooden floor while the camera moves sideways to the left."
     assert LexicalObjectExtractor().extract([caption])[0].names == ["cylinder", "cup"]
+
+
+def test_pointvid_run_curates_generated_scenes_into_shards(generated, tmp_path):
+    """`pointvid run --scenes`: two generated scenes (zoom, following) end in shards with their camera records; an invalid
+    entry is ledgered, not fatal; the loader keeps or balances synthetic samples by camera movement."""
+    chosen = [next(scene for scene in generated if scene["camera"]["movement"] == movement) for movement in ("zoom", "following")]
+    scenes = tmp_path / "scenes.json"
+    scenes.write_text(json.dumps([*chosen, {"name": "bad_scene", "seed": 1, "objects": ["duck", "giraffe"], "motion": "drop", "camera": "static"}]))
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home")}
+    command = [sys.executable, "-m", "pointvid_pipeline.cli", "run", "--scenes", str(scenes), "--data-dir", str(tmp_path / "data")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    index = json.loads((tmp_path / "data" / "shards" / "shard-00000.json").read_text())
+    assert [row["reason"] for row in index["rejected"]] == ["invalid_manifest_row"] and "giraffe" in index["rejected"][0]["detail"]
+    shard = tmp_path / "data" / "shards" / "shard-00000.tar"
+    metas = {key: json.loads(members["json"]) for key, members in read_samples(shard).items()}
+    assert sorted(metas) == sorted(scene["name"] for scene in chosen)
+    for scene in chosen:
+        meta, camera = metas[scene["name"]], scene["camera"]
+        assert meta["caption"].startswith(f"{SYNTHETIC_CAPTION_TAG} <camera-{camera['movement']}> ")
+        assert meta["source"]["camera_program"]["movement_type"] == camera["movement"] and meta["source"]["camera_program"]["movement_value"] == camera["value"]
+        assert meta["source"]["camera_labels"][0] in ("zoom-in", "zoom-out", "tracking")
+        assert np.asarray(meta["frame_intrinsics"]).shape == (FRAME_COUNT, 3, 3) and np.asarray(meta["extrinsics"]).shape == (FRAME_COUNT, 4, 4)
+        assert meta["frame_intrinsics"][0] == meta["intrinsics"]
+    zoom = metas[chosen[0]["name"]]
+    assert np.isclose(zoom["frame_intrinsics"][-1][0][0] / zoom["frame_intrinsics"][0][0][0], chosen[0]["camera"]["value"])
+    only_zoom = make_loader(str(shard), 2, 32, 56, 1, 10.0, None, seed=0, cameras=["zoom"])
+    assert {batch["key"][0] for batch in itertools.islice(only_zoom, 4)} == {chosen[0]["name"]}
+    with pytest.warns(UserWarning, match="no sample of class 'orbit'"):
+        balanced = make_loader(str(shard), 2, 32, 56, 1, 10.0, 1.0, seed=0, cameras=["zoom", "following", "orbit"], balance_cameras=True)
+        keys = [batch["key"][0] for batch in itertools.islice(balanced, 40)]
+    assert 10 <= keys.count(chosen[0]["name"]) <= 30 and len(set(keys)) == 2
