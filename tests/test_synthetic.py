@@ -387,7 +387,24 @@ def test_pointvid_run_curates_generated_scenes_into_shards(generated, tmp_path):
     assert np.isclose(zoom["frame_intrinsics"][-1][0][0] / zoom["frame_intrinsics"][0][0][0], chosen[0]["camera"]["value"])
     only_zoom = make_loader(str(shard), 2, 32, 56, 1, 10.0, None, seed=0, cameras=["zoom"])
     assert {batch["key"][0] for batch in itertools.islice(only_zoom, 4)} == {chosen[0]["name"]}
+    balanced = make_loader(str(shard), 2, 32, 56, 1, 10.0, 1.0, seed=0, cameras=["zoom", "following", "orbit"], balance_cameras=True)
     with pytest.warns(UserWarning, match="no sample of class 'orbit'"):
-        balanced = make_loader(str(shard), 2, 32, 56, 1, 10.0, 1.0, seed=0, cameras=["zoom", "following", "orbit"], balance_cameras=True)
         keys = [batch["key"][0] for batch in itertools.islice(balanced, 40)]
     assert 10 <= keys.count(chosen[0]["name"]) <= 30 and len(set(keys)) == 2
+
+
+def test_following_camera_keeps_its_subject_near_the_image_centre(generated):
+    spec = _generated_spec(generated, "following")
+    clip = render_scene(spec)
+    truth, subject, value = clip.truth, spec.camera["subject"], spec.camera["value"]
+    centres = np.stack([_centre(extrinsic) for extrinsic in truth.extrinsics])
+    label = subject + 1
+    offsets = []
+    for t in range(FRAME_COUNT):
+        rows, columns = np.nonzero(truth.instance_masks[t] == label)
+        assert len(rows) > 100, f"subject out of view at frame {t}"
+        offsets.append(np.hypot(columns.mean() - clip.intrinsics[0, 2], rows.mean() - clip.intrinsics[1, 2]))
+    camera_travel = centres[-1] - centres[0]
+    assert np.linalg.norm(camera_travel[:2]) > 0.05 and abs(camera_travel[2]) < 1e-9  # the subject was pushed; the camera went with it, level
+    assert max(offsets) < 20  # pixels: the aim is on the subject's bounding box, its mask's centroid a little off that
+    assert clip.source["camera_labels"] == ["tracking"] and 0 < value <= 1

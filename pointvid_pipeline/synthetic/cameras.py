@@ -4,13 +4,13 @@ A program is one movement (static, truck, dolly, pedestal, tilt, pan, spin, foll
 with a signed movement value, an initial position around the focus point (azimuth, elevation,
 distance), a horizontal field of view (the focal length), a focus type (fixed: a point fixed in
 the world at frame 0; follow: the subject's point at every frame) and a focus position (lower,
-centre, upper part of the subject). `camera_pose` turns it into one frame's world->camera
+centre, upper part of the subject: one object, or all of them). `camera_pose` turns it into one frame's world->camera
 extrinsic AND intrinsics, so zoom (and later per-camera intrinsics of a rig) is per frame.
 
 Geometry of one frame at time s in [0, 1] (the units and signs of the value are in MOVEMENTS):
 the camera stands at `anchor + distance * (cos(el) cos(az), cos(el) sin(az), sin(el))` and looks
 at the focus point; orbit adds value * s to the azimuth, dolly scales the distance from
-(1 + value) to 1, truck / pedestal / following translate camera and aim together, pan / tilt turn
+(1 + value) to 1, truck / pedestal / following translate the camera (and with a fixed focus its aim), pan / tilt turn
 the aim about the camera centre by value * (s - 1/2), spin rolls about the optical axis by
 value * s, zoom scales the focal length by value ** s. World z is up; azimuth grows
 counterclockwise seen from above.
@@ -24,7 +24,8 @@ import numpy as np
 
 HFOV_DEG = 50.0
 FOCUS_TYPES = ("fixed", "follow")
-FOCUS_HEIGHTS = {"lower": 0.05, "centre": 0.12, "upper": 0.2}  # metres above the floor (fixed) or the subject's lowest point (follow)
+FOCUS_HEIGHTS = {"lower": 0.05, "centre": 0.12, "upper": 0.2}  # all objects as subject: metres above the floor over their middle
+FOCUS_FRACTIONS = {"lower": 0.25, "centre": 0.5, "upper": 0.75}  # one object as subject: fraction of its bounding box's height
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,9 @@ def camera_pose(program: CameraProgram, s: float, anchor: np.ndarray, aim: np.nd
     if movement in ("truck", "pedestal", "following"):
         across = np.array([-np.sin(program.azimuth), np.cos(program.azimuth), 0.0])  # image right at frame 0
         shift = {"truck": value * s * across, "pedestal": np.array([0.0, 0.0, value * s]), "following": value * travel}[movement]
-        eye, aim = eye + shift, aim + shift
+        eye = eye + shift
+        if program.focus == "fixed":  # a pure translation; a follow focus keeps looking at the subject
+            aim = aim + shift
     if movement == "pan":
         turn = np.deg2rad(value) * (s - 0.5)  # about the vertical through the eye
         cos, sin = np.cos(turn), np.sin(turn)

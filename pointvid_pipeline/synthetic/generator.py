@@ -27,6 +27,7 @@ VALUE_RANGES = {  # movement -> (low, high) of |value|; the sign is drawn for th
 }
 TWO_WAY = ("truck", "dolly", "pedestal", "tilt", "pan", "spin", "zoom", "orbit")
 ELEVATION_DEG, DISTANCE_M, HFOV_DEG_RANGE = (40.0, 55.0), (1.0, 1.3), (44.0, 56.0)
+EXTRA_DISTANCE_PER_OBJECT, EXTRA_DISTANCE_ONE_SUBJECT = 0.1, 0.15  # metres beyond two objects / when the view centres on one object
 LIGHT_RANGES = {"elevation_deg": (35.0, 85.0), "temperature_k": (2700.0, 7500.0), "intensity": (0.2, 0.6), "ambient": (0.35, 0.7)}
 BACKDROP_PROBABILITY = 0.4
 
@@ -61,12 +62,13 @@ def _draw_camera(movement: str, object_count: int, rng: np.random.Generator) -> 
     if movement in TWO_WAY and rng.random() < 0.5:
         value = 1.0 / value if movement == "zoom" else -value
     focus = "follow" if movement == "following" else str(rng.choice(["fixed", "follow"], p=[0.7, 0.3]))
+    extra = EXTRA_DISTANCE_PER_OBJECT * (object_count - 2) + (EXTRA_DISTANCE_ONE_SUBJECT if focus == "follow" else 0.0)  # keep every object in view
     return {
         "movement": movement,
         "value": round(value, 4),
         "azimuth_deg": round(float(rng.uniform(0.0, 360.0)), 2),
         "elevation_deg": round(float(rng.uniform(*ELEVATION_DEG)), 2),
-        "distance": round(float(rng.uniform(*DISTANCE_M)), 3),
+        "distance": round(float(rng.uniform(*DISTANCE_M)) + extra, 3),
         "hfov_deg": round(float(rng.uniform(*HFOV_DEG_RANGE)), 2),
         "focus": focus,
         "focus_position": str(rng.choice(list(FOCUS_HEIGHTS))),

@@ -24,7 +24,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,7 @@ from pointvid_pipeline.clip import (
     project,
     unproject,
 )
-from pointvid_pipeline.synthetic.cameras import FOCUS_HEIGHTS, HFOV_DEG, MOVEMENTS, SIGNED_DEFAULTS, CameraProgram, camera_pose, intrinsics_for_hfov
+from pointvid_pipeline.synthetic.cameras import FOCUS_FRACTIONS, FOCUS_HEIGHTS, HFOV_DEG, MOVEMENTS, SIGNED_DEFAULTS, CameraProgram, camera_pose, intrinsics_for_hfov
 
 SCENES_DIR = Path(__file__).resolve().parents[2] / "assets" / "scenes"
 DEFAULT_SCENES_PATH = SCENES_DIR / "default_scenes.json"
@@ -81,7 +81,7 @@ OBJECT_KINDS: dict[str, ObjectKind] = {
     "teddy bear": ObjectKind("brown", "teddy_vhacd.urdf", 2.2, rgba=(0.65, 0.42, 0.22, 1.0)),
     "block": ObjectKind("wooden", "jenga/jenga.urdf", 1.4, stacks=True),
     "lego brick": ObjectKind("grey", "lego/lego.urdf", 4.0, rgba=(0.6, 0.6, 0.62, 1.0), stacks=True),
-    "mug": ObjectKind("white", "objects/mug.urdf", 1.3),
+    "mug": ObjectKind("red", "objects/mug.urdf", 1.3),
     "domino": ObjectKind("black and white", "domino/domino.urdf", 3.5),
     "bunny": ObjectKind("white", mesh="bunny.obj", scale=0.1, rgba=(0.9, 0.88, 0.85, 1.0)),
     "box": ObjectKind("", shape="box", extents=(0.06, 0.045, 0.04), stacks=True),
@@ -564,13 +564,13 @@ def _objects_centre(bodies: list[int], client: int, height: float = FOCUS_HEIGHT
     return np.append(np.mean(centres, axis=0)[:2], height)
 
 
-def _focus_point(program: CameraProgram, subjects: list[int], client: int, follow: bool) -> np.ndarray:
-    """The program's focus point now: over the subjects' middle, FOCUS_HEIGHTS above the floor (fixed focus, and at
-    frame 0) or above the subjects' lowest point (a follow focus, later frames)."""
-    height = FOCUS_HEIGHTS[program.focus_position]
-    if follow:
-        height += max(0.0, min(p.getAABB(body, physicsClientId=client)[0][2] for body in subjects))
-    return _objects_centre(subjects, client, height)
+def _focus_point(program: CameraProgram, bodies: list[int], client: int) -> np.ndarray:
+    """The program's focus point now: its focus position on the subject's bounding box, or for all objects as
+    subject FOCUS_HEIGHTS above the floor over their middle."""
+    if program.subject is None:
+        return _objects_centre(bodies, client, FOCUS_HEIGHTS[program.focus_position])
+    low, high = (np.array(corner) for corner in p.getAABB(bodies[program.subject], physicsClientId=client))
+    return np.append((low[:2] + high[:2]) / 2, low[2] + FOCUS_FRACTIONS[program.focus_position] * (high[2] - low[2]))
 
 
 def _pose_matrix(body: int, client: int) -> np.ndarray:
@@ -616,19 +616,19 @@ def render_scene(
     light = Light(**spec.light) if spec.light is not None else None
     client = p.connect(p.DIRECT)
     try:
-        rig = CameraRig.draw(rng)
+        drawn = CameraRig.draw(rng)
+        program = spec.resolve_camera(drawn)
+        rig = replace(drawn, azimuth=program.azimuth, elevation=program.elevation, distance=program.distance)  # objects are laid out across this camera's view
         bodies = _build_scene(spec, rig, rng, client)
-        program = spec.resolve_camera(rig)
         subjects = bodies if program.subject is None else [bodies[program.subject]]
-        follow = program.focus == "follow"
-        anchor, start = _focus_point(program, subjects, client, follow), _objects_centre(subjects, client)
+        anchor, start = _focus_point(program, bodies, client), _objects_centre(subjects, client)
         label_of_body = np.zeros(p.getNumBodies(physicsClientId=client) + 1, np.int32)  # index -1 (no geometry) and the scenery map to 0
         label_of_body[bodies] = np.arange(1, len(bodies) + 1)
         for t, s in enumerate(np.linspace(0.0, 1.0, frame_count)):
             if t > 0:
                 for _ in range(SUBSTEPS_PER_FRAME):
                     p.stepSimulation(physicsClientId=client)
-            aim = _focus_point(program, subjects, client, follow) if follow else anchor
+            aim = _focus_point(program, bodies, client) if program.focus == "follow" else anchor
             travel = np.append((_objects_centre(subjects, client) - start)[:2], 0.0)
             extrinsics[t], intrinsics[t] = camera_pose(program, s, anchor, aim, travel, width, height)
             frames[t], depth[t], segmentation = render_view(extrinsics[t], intrinsics[t], width, height, client, light)
