@@ -25,6 +25,8 @@ def _apply_arguments_to_environment(args) -> None:
         os.environ["POINTVID_DATA_DIR"] = str(Path(args.data_dir).resolve())
     if args.manifest is not None:
         os.environ["POINTVID_MANIFEST"] = args.manifest
+    if args.scenes is not None:
+        os.environ["POINTVID_SCENES"] = str(Path(args.scenes).resolve())
     if args.shard_size:
         os.environ["POINTVID_SHARD_SIZE"] = str(args.shard_size)
     if args.profile:
@@ -214,6 +216,21 @@ def evaluate_command(args) -> int:
     return 0
 
 
+def synth_command(args) -> int:
+    """Draw scene specs (docs/synthetic_scenes.md) and write them as one JSON list, one spec a line."""
+    from pointvid_pipeline.storage.stage_store import atomic_write_bytes
+    from pointvid_pipeline.synthetic.generator import generate_scenes
+
+    scenes = generate_scenes(args.count, args.seed)
+    text = "[\n" + ",\n".join(json.dumps(scene) for scene in scenes) + "\n]\n"
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    atomic_write_bytes(Path(args.out), text.encode())
+    print(f"{len(scenes)} scenes: {args.out} (curate with: pointvid run --scenes {args.out})", file=sys.stderr)
+    return 0
+
+
 def positive_int(text: str) -> int:
     """argparse type: a count of at least 1 (argparse turns the ValueError into a one-line error, exit 2)."""
     value = int(text)
@@ -230,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     for sub in (run_parser, partitions_parser):
         sub.add_argument("--manifest", help="CSV/JSONL/Parquet or Panda-70M table; default: the embedded synthetic scenes")
         sub.add_argument("--data-dir", help="where everything is written (default ./pointvid_data or $POINTVID_DATA_DIR)")
+        sub.add_argument("--scenes", help="JSON list of synthetic scene specs (e.g. from `pointvid synth`) curated when there is no --manifest; default: the 14 embedded scenes")
         sub.add_argument("--shard-size", type=positive_int, help="clips per partition (default 8 for synthetic scenes, 64 for manifests)")
         sub.add_argument("--profile", choices=("cpu", "paper"), help="backend profile (default cpu)")
     run_parser.add_argument("--partition", action="append", help="only this partition (repeatable), e.g. shard-00000")
@@ -245,10 +263,17 @@ def main(argv: list[str] | None = None) -> int:
     evaluate_parser = commands.add_parser("evaluate", help="TAP-Vid / TAPVid-3D accuracy of the shipped point maps against ground truth, per object, scene and camera motion")
     evaluate_parser.add_argument("dataset_dir", help="the `dataset/` folder of a data directory (its shards/ and stages/ beside it)")
     evaluate_parser.add_argument("--out", help="folder for evaluation.parquet (default: DATASET_DIR)")
+    synth_parser = commands.add_parser("synth", help="draw N synthetic scene specs over the camera taxonomy (docs/synthetic_scenes.md)")
+    synth_parser.add_argument("--count", type=positive_int, required=True, help="how many scenes")
+    synth_parser.add_argument("--seed", type=int, default=0, help="the same seed and count give the same specs (default 0)")
+    synth_parser.add_argument("--out", help="JSON file to write (default: stdout)")
     args = parser.parse_args(argv)
     manifest = getattr(args, "manifest", None)
     if manifest and "://" not in manifest and not Path(manifest).is_file():  # URLs are checked when read
         parser.error(f"--manifest {manifest}: no such file")
+    scenes = getattr(args, "scenes", None)
+    if scenes and not Path(scenes).is_file():
+        parser.error(f"--scenes {scenes}: no such file")
     for option, folder in (("--data-dir", getattr(args, "data_dir", None)), ("--out", getattr(args, "out", None))):
         if folder and Path(folder).exists() and not Path(folder).is_dir():
             parser.error(f"{option} {folder}: is a file, not a folder")
@@ -256,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("run", "partitions"):
             settings, partitions = _settings_and_partitions(args, parser)
             return (run if args.command == "run" else partitions_command)(args, settings, partitions)
-        return {"inspect": inspect_command, "stats": stats_command, "evaluate": evaluate_command}[args.command](args)
+        return {"inspect": inspect_command, "stats": stats_command, "evaluate": evaluate_command, "synth": synth_command}[args.command](args)
     except ConfigurationError as error:  # settings or environment: nothing was processed; the message names the fix
         print(f"configuration error ({error.reason.value}): {error}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ Conventions used by every stage (and documented in docs/architecture.md):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +19,7 @@ FRAME_COUNT = 16
 FRAME_WIDTH = 448
 FRAME_HEIGHT = 256
 SYNTHETIC_CAPTION_TAG = "<synthetic>"  # special tag marking rendered clips (synthetic-video paper, Table 7)
+CAPTION_TAG = re.compile(r"<[a-z0-9_-]+>")  # any special tag: <synthetic>, <camera-orbit>, ...
 
 
 @dataclass
@@ -30,6 +32,7 @@ class SceneTruth:
     extrinsics: np.ndarray  # (T, 4, 4) float64 world -> camera
     track_uvd: np.ndarray  # (T, H, W, 3) float32: where each frame-0 pixel is at frame t (u, v, depth)
     track_visible: np.ndarray  # (T, H, W) bool: that pixel's surface point is visible at frame t
+    intrinsics: np.ndarray | None = None  # (T, 3, 3) float64 K of every frame (a zooming camera changes it); None = the clip's K throughout
 
 
 @dataclass
@@ -46,6 +49,11 @@ class Clip:
     @property
     def is_synthetic(self) -> bool:
         return self.truth is not None
+
+
+def strip_caption_tags(caption: str) -> str:
+    """The caption's words without its special tags (what an object extractor should read)."""
+    return " ".join(CAPTION_TAG.sub(" ", caption).split())
 
 
 def default_intrinsics(width: int = FRAME_WIDTH, height: int = FRAME_HEIGHT, hfov_deg: float = 60.0) -> np.ndarray:

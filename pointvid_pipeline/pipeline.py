@@ -79,6 +79,7 @@ class Sample:
                 extrinsics=data["truth_extrinsics"],
                 track_uvd=data["truth_track_uvd"],
                 track_visible=data["truth_track_visible"],
+                intrinsics=data.get("truth_intrinsics"),
             )
         return Clip(self.key, data["frames"], self.meta["caption"], data["intrinsics"], self.meta["source"], truth)
 
@@ -121,9 +122,9 @@ def _clips(sample: Sample, settings: PipelineSettings, backends: StageBackends) 
     if not row.caption.strip():
         raise SampleRejected(RejectionReason.missing_caption, "caption is empty")
     if row.is_synthetic:
-        from pointvid_pipeline.synthetic.scenes import load_default_scenes, render_scene
+        from pointvid_pipeline.synthetic.scenes import read_scenes, render_scene
 
-        clip = render_scene(next(spec for spec in load_default_scenes(settings.scenes) if spec.name == row.scene))
+        clip = render_scene(next(spec for name, spec in read_scenes(settings.scenes) if name == row.scene))
         backend = f"pybullet-tinyrenderer@{clip.source.get('pybullet_version', '')}"
     else:
         from pointvid_pipeline.stages.clips import decode_clip
@@ -141,6 +142,7 @@ def _clips(sample: Sample, settings: PipelineSettings, backends: StageBackends) 
             truth_extrinsics=truth.extrinsics,
             truth_track_uvd=truth.track_uvd,
             truth_track_visible=truth.track_visible,
+            truth_intrinsics=truth.intrinsics,
         )
         meta["truth_object_names"] = truth.object_names
     meta["backends"] = {"clips": backend}
@@ -358,9 +360,9 @@ def input_rows(settings: PipelineSettings) -> list[InputRow]:
     """
     if settings.manifest:
         return list(_manifest_rows(settings.manifest, manifest_version(settings.manifest), settings.manifest_encoding))
-    from pointvid_pipeline.synthetic.scenes import load_default_scenes, scene_caption
+    from pointvid_pipeline.synthetic.scenes import read_scenes, scene_caption
 
-    return synthetic_rows([(spec.name, scene_caption(spec)) for spec in load_default_scenes(settings.scenes)])
+    return synthetic_rows([(name, spec if isinstance(spec, str) else None, "" if isinstance(spec, str) else scene_caption(spec)) for name, spec in read_scenes(settings.scenes)])
 
 
 def partition_rows(settings: PipelineSettings) -> dict[str, list[InputRow]]:

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import itertools
 import json
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pybullet as p
@@ -17,16 +23,21 @@ from pointvid_pipeline.clip import (
     SYNTHETIC_CAPTION_TAG,
     unproject,
 )
+from pointvid_pipeline.stages.object_prompts import LexicalObjectExtractor
+from pointvid_pipeline.storage.shard_format import read_samples
+from pointvid_pipeline.synthetic.cameras import MOVEMENTS, CameraProgram, camera_pose, look_at
+from pointvid_pipeline.synthetic.generator import generate_scenes
 from pointvid_pipeline.synthetic.scenes import (
+    FAR,
     OBJECT_KINDS,
     SceneSpec,
     load_default_scenes,
-    look_at,
     render_scene,
     render_view,
     scene_caption,
     scene_intrinsics,
 )
+from training.data import make_loader
 
 STATIC_DROP = "drop_duck_cube_static"
 ORBIT_DROP = "drop_ball_teddy_block_orbit"
@@ -222,3 +233,178 @@ def test_tinyrenderer_images_exactly_the_pinhole_k(roll_deg):
         shifted = intrinsics.copy()
         shifted[:2, 2] += shift
         assert floor_height_error(shifted) > 5e-4
+
+
+# ---------------------------------------------------------------- scene specs of the issue-15 format
+
+MAIN_HASHES = {  # sha256[:16] of every array, rendered by main's code before the spec format grew (4f34e33, pybullet 3.2.7)
+    "drop_duck_cube_static": {"frames": "361dad52e1efc3c7", "intrinsics": "437343368a5c9ff2", "depth": "2b140be784c3c367", "instance_masks": "d9e21e69cf49b090", "extrinsics": "6070ac5056264199", "track_uvd": "ee168b6eaf0c4aa9", "track_visible": "bf70980e9b5bdc1c"},
+    "drop_ball_teddy_block_orbit": {"frames": "02d5cfd0dd06ef67", "intrinsics": "437343368a5c9ff2", "depth": "cc167e6e891a25cd", "instance_masks": "5a1caad04fffaa30", "extrinsics": "2a7f89c78d0d8d78", "track_uvd": "982aa1f67a11ee7e", "track_visible": "261bd433a8d8b07a"},
+    "drop_duck_soccer_ball_ball_pan": {"frames": "d7949355f5eae270", "intrinsics": "437343368a5c9ff2", "depth": "8b37192444484557", "instance_masks": "a27b8a920a969eda", "extrinsics": "c478a3e2c91bfac2", "track_uvd": "16d68a36c994ab68", "track_visible": "2bea95ab36f46500"},
+    "drop_four_toys_dolly": {"frames": "1ecf34c6ab54ba11", "intrinsics": "437343368a5c9ff2", "depth": "e6ade459207deac7", "instance_masks": "4983c4384c0ca750", "extrinsics": "f9e78d5cf459ece4", "track_uvd": "184c48e32e66b1b7", "track_visible": "1a8f6fb7406935bc"},
+}  # fmt: skip
+GENERATOR_SEED = 5
+
+
+def _digest(array: np.ndarray) -> str:
+    array = np.ascontiguousarray(array)
+    return hashlib.sha256(str(array.dtype).encode() + str(array.shape).encode() + array.tobytes()).hexdigest()[:16]
+
+
+def test_default_scenes_render_bit_identically_to_main(static_clip, orbit_clip):
+    """One scene per camera move of the old format: every array equals what main rendered (tracker tuning relies on it)."""
+    if importlib.metadata.version("pybullet") != "3.2.7":
+        pytest.skip(f"hashes were taken with pybullet 3.2.7, this is {importlib.metadata.version('pybullet')}")
+    clips = {STATIC_DROP: static_clip, ORBIT_DROP: orbit_clip}
+    for name, expected in MAIN_HASHES.items():
+        clip = clips.get(name) or render_scene(_spec(name))
+        truth = clip.truth
+        arrays = {"frames": clip.frames, "intrinsics": clip.intrinsics, "depth": truth.depth, "instance_masks": truth.instance_masks, "extrinsics": truth.extrinsics, "track_uvd": truth.track_uvd, "track_visible": truth.track_visible}
+        assert {key: _digest(value) for key, value in arrays.items()} == expected, name
+        np.testing.assert_array_equal(truth.intrinsics, np.broadcast_to(clip.intrinsics, (FRAME_COUNT, 3, 3)))
+
+
+@pytest.fixture(scope="module")
+def generated():
+    return generate_scenes(12, GENERATOR_SEED)
+
+
+def test_generator_is_deterministic_stratified_and_valid(generated, tmp_path):
+    assert generated == generate_scenes(12, GENERATOR_SEED)
+    assert generated != generate_scenes(12, GENERATOR_SEED + 1)
+    for count in (len(MOVEMENTS), len(MOVEMENTS) + 3):
+        assert {scene["camera"]["movement"] for scene in generate_scenes(count, 11)} == set(MOVEMENTS)
+    assert len({scene["name"] for scene in generated}) == 12
+    extractor = LexicalObjectExtractor()
+    for scene in generated:
+        spec = SceneSpec.from_dict(scene)
+        caption = scene_caption(spec)
+        assert caption.startswith(f"{SYNTHETIC_CAPTION_TAG} <camera-{scene['camera']['movement']}> ")
+        assert len(extractor.extract([caption])[0].names) == len(spec.objects)  # every object named, none twice
+    out = tmp_path / "scenes.json"
+    done = subprocess.run([sys.executable, "-m", "pointvid_pipeline.cli", "synth", "--count", "12", "--seed", str(GENERATOR_SEED), "--out", str(out)], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(out.read_text()) == generated
+    assert [spec.name for spec in load_default_scenes(out)] == [scene["name"] for scene in generated]
+
+
+def _program(movement: str, value: float, focus: str = "fixed") -> CameraProgram:
+    return CameraProgram(movement, value, azimuth=0.7, elevation=np.deg2rad(48.0), distance=1.2, focus=focus)
+
+
+def _centre(extrinsic: np.ndarray) -> np.ndarray:
+    return -extrinsic[:3, :3].T @ extrinsic[:3, 3]
+
+
+@pytest.mark.parametrize("movement", sorted(MOVEMENTS))
+def test_camera_programs_move_as_their_names_say(movement):
+    anchor = np.array([0.1, -0.2, 0.12])
+    travel = np.array([0.3, 0.1, 0.0])
+    value = {"static": 0.0, "truck": 0.3, "dolly": 0.25, "pedestal": 0.2, "tilt": 12.0, "pan": 12.0, "spin": 30.0, "following": 1.0, "zoom": 1.5, "orbit": 30.0}[movement]
+    program = _program(movement, value)
+    (first, k_first), (last, k_last) = (camera_pose(program, s, anchor, anchor, travel * s, FRAME_WIDTH, FRAME_HEIGHT) for s in (0.0, 1.0))
+    moved, turn = _centre(last) - _centre(first), last[:3, :3] @ first[:3, :3].T
+    if movement != "zoom":
+        np.testing.assert_array_equal(k_first, k_last)
+    expected_move = {"truck": 0.3 * first[0, :3], "pedestal": [0.0, 0.0, 0.2], "following": travel}
+    if movement in expected_move:  # pure translations
+        np.testing.assert_allclose(moved, expected_move[movement], atol=1e-9)
+        np.testing.assert_allclose(turn, np.eye(3), atol=1e-9)
+    elif movement == "dolly":  # along the optical axis, towards the focus
+        assert np.allclose(moved / np.linalg.norm(moved), first[2, :3]) and np.isclose(np.linalg.norm(moved), 0.25 * 1.2)
+    elif movement == "orbit":  # same distance and height around the focus, turned 30 degrees about the vertical
+        assert np.isclose(np.linalg.norm(_centre(last) - anchor), np.linalg.norm(_centre(first) - anchor)) and np.isclose(moved[2], 0.0)
+        assert np.isclose(np.rad2deg(np.arccos(np.clip(first[2, :2] @ last[2, :2] / np.linalg.norm(first[2, :2]) / np.linalg.norm(last[2, :2]), -1, 1))), 30.0)
+    else:  # rotations about the camera centre (static and zoom: no motion at all)
+        np.testing.assert_allclose(moved, 0.0, atol=1e-9)
+        angle = np.rad2deg(np.arccos(np.clip((np.trace(turn) - 1) / 2, -1, 1)))
+        assert np.isclose(angle, {"pan": 12.0, "tilt": 12.0, "spin": 30.0}.get(movement, 0.0), atol=1e-4)  # arccos near 1 loses digits
+        if movement == "spin":  # about the optical axis: it keeps pointing the same way, the picture turns counterclockwise
+            np.testing.assert_allclose(last[2, :3], first[2, :3], atol=1e-9)
+            assert (last[:3, :3] @ first[0, :3])[1] < 0  # what was image-right is now up-right
+        if movement == "zoom":
+            np.testing.assert_array_equal(first, last)
+            assert np.isclose(k_last[0, 0] / k_first[0, 0], 1.5) and np.array_equal(k_first[:2, 2], k_last[:2, 2])
+    assert program.labels[0] == {"static": "static", "truck": "truck-right", "dolly": "dolly-in", "pedestal": "pedestal-up", "tilt": "tilt-up", "pan": "pan-left",
+                                 "spin": "roll-clockwise", "following": "tracking", "zoom": "zoom-in", "orbit": "arc-counterclockwise"}[movement]  # fmt: skip
+
+
+def _generated_spec(generated, movement: str) -> SceneSpec:
+    return SceneSpec.from_dict(next(scene for scene in generated if scene["camera"]["movement"] == movement))
+
+
+def test_zoom_scene_has_per_frame_intrinsics_and_exact_ground_truth(generated):
+    """A zoom changes K and not the pose; static floor points stay fixed in world space through every frame's own K."""
+    spec = _generated_spec(generated, "zoom")
+    clip = render_scene(spec)
+    truth = clip.truth
+    ratio = spec.camera["value"]
+    np.testing.assert_array_equal(truth.extrinsics, np.broadcast_to(truth.extrinsics[0], truth.extrinsics.shape))
+    np.testing.assert_allclose(truth.intrinsics[-1, 0, 0] / truth.intrinsics[0, 0, 0], ratio)
+    np.testing.assert_array_equal(clip.intrinsics, truth.intrinsics[0])
+    assert clip.source["camera_labels"][0] == ("zoom-in" if ratio > 1 else "zoom-out") and clip.source["camera_program"]["movement_type"] == "zoom"
+    assert truth.depth.max() < 0.9 * FAR  # floor or backdrop everywhere, never the far plane
+    u, v = _pixel_grid()
+    floor = truth.instance_masks[0] == 0
+    world0 = _to_world(unproject(np.stack([u[floor], v[floor], truth.depth[0][floor]], axis=-1), truth.intrinsics[0]), truth.extrinsics[0])
+    for t in (7, FRAME_COUNT - 1):
+        visible = truth.track_visible[t][floor]
+        uvd = truth.track_uvd[t][floor][visible].astype(np.float64)
+        column, row = np.rint(uvd[:, 0]).astype(int), np.rint(uvd[:, 1]).astype(int)
+        seen = np.stack([column, row, truth.depth[t][row, column]], axis=-1)
+        error = np.linalg.norm(_to_world(unproject(seen, truth.intrinsics[t]), truth.extrinsics[t]) - world0[visible], axis=-1)
+        assert np.median(error) < 3e-3 and visible.mean() > 0.3
+
+
+def test_tags_are_not_objects_for_the_extractor():
+    caption = "<synthetic> <camera-truck> A large blue checkered cylinder and a white mug slide across a wooden floor while the camera moves sideways to the left."
+    assert LexicalObjectExtractor().extract([caption])[0].names == ["cylinder", "cup"]
+
+
+def test_pointvid_run_curates_generated_scenes_into_shards(generated, tmp_path):
+    """`pointvid run --scenes`: two generated scenes (zoom, following) end in shards with their camera records; an invalid
+    entry is ledgered, not fatal; the loader keeps or balances synthetic samples by camera movement."""
+    chosen = [next(scene for scene in generated if scene["camera"]["movement"] == movement) for movement in ("zoom", "following")]
+    scenes = tmp_path / "scenes.json"
+    scenes.write_text(json.dumps([*chosen, {"name": "bad_scene", "seed": 1, "objects": ["duck", "giraffe"], "motion": "drop", "camera": "static"}]))
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home")}
+    command = [sys.executable, "-m", "pointvid_pipeline.cli", "run", "--scenes", str(scenes), "--data-dir", str(tmp_path / "data")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    index = json.loads((tmp_path / "data" / "shards" / "shard-00000.json").read_text())
+    assert [row["reason"] for row in index["rejected"]] == ["invalid_manifest_row"] and "giraffe" in index["rejected"][0]["detail"]
+    shard = tmp_path / "data" / "shards" / "shard-00000.tar"
+    metas = {key: json.loads(members["json"]) for key, members in read_samples(shard).items()}
+    assert sorted(metas) == sorted(scene["name"] for scene in chosen)
+    for scene in chosen:
+        meta, camera = metas[scene["name"]], scene["camera"]
+        assert meta["caption"].startswith(f"{SYNTHETIC_CAPTION_TAG} <camera-{camera['movement']}> ")
+        assert meta["source"]["camera_program"]["movement_type"] == camera["movement"] and meta["source"]["camera_program"]["movement_value"] == camera["value"]
+        assert meta["source"]["camera_labels"][0] in ("zoom-in", "zoom-out", "tracking")
+        assert np.asarray(meta["frame_intrinsics"]).shape == (FRAME_COUNT, 3, 3) and np.asarray(meta["extrinsics"]).shape == (FRAME_COUNT, 4, 4)
+        assert meta["frame_intrinsics"][0] == meta["intrinsics"]
+    zoom = metas[chosen[0]["name"]]
+    assert np.isclose(zoom["frame_intrinsics"][-1][0][0] / zoom["frame_intrinsics"][0][0][0], chosen[0]["camera"]["value"])
+    only_zoom = make_loader(str(shard), 2, 32, 56, 1, 10.0, None, seed=0, cameras=["zoom"])
+    assert {batch["key"][0] for batch in itertools.islice(only_zoom, 4)} == {chosen[0]["name"]}
+    balanced = make_loader(str(shard), 2, 32, 56, 1, 10.0, 1.0, seed=0, cameras=["zoom", "following", "orbit"], balance_cameras=True)
+    with pytest.warns(UserWarning, match="no sample of class 'orbit'"):
+        keys = [batch["key"][0] for batch in itertools.islice(balanced, 40)]
+    assert 10 <= keys.count(chosen[0]["name"]) <= 30 and len(set(keys)) == 2
+
+
+def test_following_camera_keeps_its_subject_near_the_image_centre(generated):
+    spec = _generated_spec(generated, "following")
+    clip = render_scene(spec)
+    truth, subject, value = clip.truth, spec.camera["subject"], spec.camera["value"]
+    centres = np.stack([_centre(extrinsic) for extrinsic in truth.extrinsics])
+    label = subject + 1
+    offsets = []
+    for t in range(FRAME_COUNT):
+        rows, columns = np.nonzero(truth.instance_masks[t] == label)
+        assert len(rows) > 100, f"subject out of view at frame {t}"
+        offsets.append(np.hypot(columns.mean() - clip.intrinsics[0, 2], rows.mean() - clip.intrinsics[1, 2]))
+    camera_travel = centres[-1] - centres[0]
+    assert np.linalg.norm(camera_travel[:2]) > 0.05 and abs(camera_travel[2]) < 1e-9  # the subject was pushed; the camera went with it, level
+    assert max(offsets) < 20  # pixels: the aim is on the subject's bounding box, its mask's centroid a little off that
+    assert clip.source["camera_labels"] == ["tracking"] and 0 < value <= 1

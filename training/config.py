@@ -25,6 +25,8 @@ class TrainConfig:
     width: int = 448
     depth_max: float = 10.0  # metres mapped to +1 in the point normalisation
     synthetic_mix: float | None = None  # probability of drawing a synthetic sample (None: as the shards come)
+    cameras: list[str] | None = None  # keep only synthetic samples of these camera movements (None: all)
+    balance_cameras: bool = False  # draw synthetic samples uniformly over camera movements (needs synthetic_mix)
     num_workers: int = 0
     learning_rate: float = 1e-4
     weight_decay: float = 0.0

@@ -26,7 +26,13 @@ the real stream otherwise (the mix rate of the synthetic-video paper, Table 8); 
 the same shards filtered by caption tag. If one stream has no sample at all, every draw falls back
 to the other and a warning says so once.
 
-Resume: the stream is a function of (shards, seed, synthetic_mix, shuffle_buffer) only, so a run that
+Camera classes: a synthetic caption carries a `<camera-MOVEMENT>` tag (synthetic/cameras.py). With `cameras`
+only synthetic samples of those movements are kept (real samples are untouched); with `balance_cameras`
+the synthetic stream draws each sample from a uniformly chosen movement class (of `cameras`, default all
+ten), so rare classes are seen as often as common ones; a class with no sample drops out with a warning.
+Balancing needs `synthetic_mix` (1.0 = synthetic only).
+
+Resume: the stream is a function of (shards, seed, synthetic_mix, cameras, balance_cameras, shuffle_buffer) only, so a run that
 has consumed n samples resumes exactly with the same seed and `skip=n` (skipped samples are not
 decoded). That is exact for num_workers = 0 (the tiny config). With num_workers > 0 the shards are
 split between workers (wds.split_by_worker), each worker has its own seeded stream and skips
@@ -44,6 +50,7 @@ import io
 import itertools
 import json
 import random
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from urllib.parse import urlparse
@@ -60,6 +67,9 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from pointvid_pipeline.clip import FRAME_COUNT, FRAME_HEIGHT, FRAME_WIDTH, SYNTHETIC_CAPTION_TAG
 from pointvid_pipeline.storage.shard_format import load_points
+from pointvid_pipeline.synthetic.cameras import MOVEMENTS
+
+CAMERA_TAG = re.compile(r"<camera-([a-z]+)>")
 
 MEMBERS = {"mp4", "points.npz", "json"}  # the mask png is not needed for training
 
@@ -91,6 +101,12 @@ def is_synthetic(raw: dict) -> bool:
     return json.loads(raw["json"])["caption"].startswith(SYNTHETIC_CAPTION_TAG)
 
 
+def camera_movement(raw: dict) -> str | None:
+    """The movement of the caption's <camera-MOVEMENT> tag; None without one (real video)."""
+    found = CAMERA_TAG.search(json.loads(raw["json"])["caption"])
+    return found.group(1) if found else None
+
+
 def shuffled_epochs(urls: list[str], keep: Callable[[dict], bool], buffer: int, rng: random.Random) -> Iterator[dict]:
     """The kept raw samples, epoch after epoch, each epoch with a new shard order and buffer shuffle.
     Ends only when an epoch finds no sample (this stream is empty)."""
@@ -116,6 +132,19 @@ def mix_streams(synthetic: Iterator[dict], real: Iterator[dict], synthetic_mix: 
             warnings.warn(f"the shards hold no {missing} samples: every sample now comes from the {present} stream", stacklevel=2)
             yield from streams[not drawn]
             return
+        yield raw
+
+
+def balance_streams(streams: dict[str, Iterator[dict]], rng: random.Random) -> Iterator[dict]:
+    """Each draw from a uniformly chosen stream; an empty stream drops out (with a warning), the others go on."""
+    streams = dict(streams)
+    while streams:
+        name = rng.choice(sorted(streams))
+        raw = next(streams[name], None)
+        if raw is None:
+            warnings.warn(f"no sample of class {name!r} in the shards: balancing over {sorted(set(streams) - {name})}", stacklevel=2)
+            del streams[name]
+            continue
         yield raw
 
 
@@ -197,9 +226,14 @@ class PointVidStream(IterableDataset):
     """The endless, seeded sample stream of `make_loader` (one per DataLoader worker)."""
 
     def __init__(self, urls: list[str], frames: int, height: int, width: int, depth_max: float, synthetic_mix: float | None, seed: int, shuffle_buffer: int, skip: int,
-                 rank: int = 0, processes: int = 1, batch_size: int = 1):
+                 rank: int = 0, processes: int = 1, batch_size: int = 1, cameras: list[str] | None = None, balance_cameras: bool = False):
         if synthetic_mix is not None and not 0 <= synthetic_mix <= 1:
             raise ValueError(f"synthetic_mix must be in [0, 1] or None, got {synthetic_mix}")
+        if cameras is not None and not set(cameras) <= set(MOVEMENTS):
+            raise ValueError(f"cameras must be movements of {sorted(MOVEMENTS)}, got {cameras}")
+        if balance_cameras and synthetic_mix is None:
+            raise ValueError("balance_cameras balances the synthetic stream: set synthetic_mix (1.0 = synthetic samples only)")
+        self.cameras, self.balance_cameras = cameras, balance_cameras
         frame_indices(frames)  # raises early on an impossible frame count
         self.urls, self.frames, self.height, self.width, self.depth_max = urls, frames, height, width, depth_max
         self.synthetic_mix, self.seed, self.shuffle_buffer, self.skip = synthetic_mix, seed, shuffle_buffer, skip
@@ -216,10 +250,17 @@ class PointVidStream(IterableDataset):
         def rng(purpose: str) -> random.Random:
             return random.Random(f"pointvid/{self.seed}/{worker_id}/{purpose}")
 
+        def kept_camera(raw: dict) -> bool:
+            return self.cameras is None or not is_synthetic(raw) or camera_movement(raw) in self.cameras
+
         if self.synthetic_mix is None:
-            stream = shuffled_epochs(urls, lambda raw: True, self.shuffle_buffer, rng("all"))
+            stream = shuffled_epochs(urls, kept_camera, self.shuffle_buffer, rng("all"))
         else:
-            synthetic = shuffled_epochs(urls, is_synthetic, self.shuffle_buffer, rng("synthetic"))
+            if self.balance_cameras:
+                classes = {name: shuffled_epochs(urls, lambda raw, name=name: is_synthetic(raw) and camera_movement(raw) == name, self.shuffle_buffer, rng(f"camera-{name}")) for name in self.cameras or MOVEMENTS}
+                synthetic = balance_streams(classes, rng("balance"))
+            else:
+                synthetic = shuffled_epochs(urls, lambda raw: is_synthetic(raw) and kept_camera(raw), self.shuffle_buffer, rng("synthetic"))
             real = shuffled_epochs(urls, lambda raw: not is_synthetic(raw), self.shuffle_buffer, rng("real"))
             stream = mix_streams(synthetic, real, self.synthetic_mix, rng("mix"))
         stream = itertools.islice(stream, self.skip // workers, None)
@@ -247,13 +288,16 @@ def make_loader(
     skip: int = 0,
     rank: int = 0,
     processes: int = 1,
+    cameras: list[str] | None = None,
+    balance_cameras: bool = False,
 ) -> DataLoader:
     """Endless DataLoader of normalised PointVid batches (module docstring: layout, normalisation,
     mixing, resume). `shards`: paths or URLs (file://, http(s)://, any fsspec scheme), brace patterns
     allowed. To resume after n consumed samples (steps x batch_size), pass the same seed and skip=n.
-    With `processes` > 1 this process (`rank`) gets every processes-th chunk of batch_size samples."""
+    With `processes` > 1 this process (`rank`) gets every processes-th chunk of batch_size samples.
+    `cameras` / `balance_cameras`: filter / balance synthetic samples by camera movement (module docstring)."""
     urls = expand_shards(shards)
     if not urls:
         raise ValueError(f"no shards in {shards!r}")
-    dataset = PointVidStream(urls, frames, height, width, depth_max, synthetic_mix, seed, shuffle_buffer, skip, rank, processes, batch_size)
+    dataset = PointVidStream(urls, frames, height, width, depth_max, synthetic_mix, seed, shuffle_buffer, skip, rank, processes, batch_size, cameras, balance_cameras)
     return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)

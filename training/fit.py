@@ -168,7 +168,8 @@ def batches(config: TrainConfig, consumed: int, rank: int = 0, processes: int = 
     """This process's micro-batches of the endless deterministic stream, resumed after `consumed` samples
     of the whole stream; yields (batch, samples consumed by all processes together)."""
     loader = make_loader(config.shards, config.frames, config.height, config.width, config.batch_size, config.depth_max,
-                         config.synthetic_mix, seed=config.seed, num_workers=config.num_workers, skip=consumed, rank=rank, processes=processes)
+                         config.synthetic_mix, seed=config.seed, num_workers=config.num_workers, skip=consumed, rank=rank, processes=processes,
+                         cameras=config.cameras, balance_cameras=config.balance_cameras)
     for batch in loader:
         consumed += len(batch["key"]) * processes
         yield batch, consumed

@@ -25,7 +25,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from pointvid_pipeline.clip import SYNTHETIC_CAPTION_TAG
+from pointvid_pipeline.clip import strip_caption_tags
 from pointvid_pipeline.rejections import BackendUnavailable
 from pointvid_pipeline.stages.object_prompts import ExtractedObjects, LexicalObjectExtractor
 from pointvid_pipeline.storage.stage_store import atomic_write_json
@@ -61,10 +61,6 @@ class PromptTemplate:
         return self.text.replace("{caption}", caption).strip()
 
 
-def clean_caption(caption: str) -> str:
-    return " ".join(caption.replace(SYNTHETIC_CAPTION_TAG, " ").split())
-
-
 def grounded_objects(answer: str, caption: str) -> list[str]:
     """The object names an answer gives that the caption supports; raises UnusableAnswer otherwise.
 
@@ -73,7 +69,7 @@ def grounded_objects(answer: str, caption: str) -> list[str]:
     words appears in the caption (a plural matches its singular).
     """
     phrases = _answer_objects(answer)
-    caption_words = {form for word in _words(clean_caption(caption)) for form in _word_forms(word)}
+    caption_words = {form for word in _words(strip_caption_tags(caption)) for form in _word_forms(word)}
     names, dropped = [], []
     for phrase in phrases:
         name = " ".join(phrase.lower().split())
@@ -235,7 +231,7 @@ class ChatEndpointObjectExtractor:
             return list(pool.map(self._extract_one, captions))
 
     def _extract_one(self, caption: str) -> ExtractedObjects:
-        text = clean_caption(caption)
+        text = strip_caption_tags(caption)
         key = hashlib.sha256(json.dumps([self.model, self.prompt.version, text]).encode()).hexdigest()
         cache_path = self.cache_dir / key[:2] / f"{key}.json"
         if cache_path.exists():
@@ -367,7 +363,7 @@ class TransformersObjectExtractor:
 
         tokenizer = self._tokenizer
         texts = [
-            tokenizer.apply_chat_template([{"role": "user", "content": self.prompt.render(clean_caption(c))}], tokenize=False, add_generation_prompt=True)
+            tokenizer.apply_chat_template([{"role": "user", "content": self.prompt.render(strip_caption_tags(c))}], tokenize=False, add_generation_prompt=True)
             + self.answer_prefix
             for c in captions
         ]

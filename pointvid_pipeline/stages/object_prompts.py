@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from pointvid_pipeline.clip import SYNTHETIC_CAPTION_TAG
+from pointvid_pipeline.clip import strip_caption_tags
 from pointvid_pipeline.rejections import RejectionReason, SampleRejected
 
 LEXICON_PATH = Path(__file__).resolve().parents[2] / "assets" / "vocabulary" / "object_lexicon.tsv.gz"
@@ -112,7 +112,7 @@ class LexicalObjectExtractor:
         return [ExtractedObjects(self._extract_one(caption)) for caption in captions]
 
     def _extract_one(self, caption: str) -> list[str]:
-        tokens = caption_tokens(caption.replace(SYNTHETIC_CAPTION_TAG, " "))
+        tokens = caption_tokens(strip_caption_tags(caption))
         nouns = self._find_nouns(tokens)
         for previous, noun in zip([None, *nouns], nouns):
             noun.is_verb = _reads_as_verb(noun, previous, tokens)

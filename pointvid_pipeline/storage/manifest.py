@@ -104,8 +104,9 @@ def shard_key(index: int) -> str:
     return f"shard-{index:05d}"
 
 
-def synthetic_rows(scene_names_and_captions: list[tuple[str, str]]) -> list[InputRow]:
-    return [InputRow(key=name, caption=caption, scene=name, row=i) for i, (name, caption) in enumerate(scene_names_and_captions)]
+def synthetic_rows(scenes: list[tuple[str, str | None, str]]) -> list[InputRow]:
+    """Rows of (scene name, why the spec is invalid or None, caption)."""
+    return [InputRow(key=name, caption=caption, scene=name, row=i, error=error) for i, (name, error, caption) in enumerate(scenes)]
 
 
 def read_manifest(uri: str, fallback_encoding: str = MANIFEST_FALLBACK_ENCODING) -> list[InputRow]:
