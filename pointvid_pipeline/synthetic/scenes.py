@@ -144,9 +144,9 @@ class SceneObject:
     @property
     def caption(self) -> str:
         words = [] if self.size == "medium" else [self.size]
-        words.append(self.colour if self.colour else OBJECT_KINDS[self.kind].adjective)
         if self.texture != "plain":
-            words.append(self.texture)
+            words.append(self.texture)  # before the colour: "an orange checkered box" would name an orange
+        words.append(self.colour if self.colour else OBJECT_KINDS[self.kind].adjective)
         words.append(self.kind)
         phrase = " ".join(words)
         return f"{_article(phrase)} {phrase}"

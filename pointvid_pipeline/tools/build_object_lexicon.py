@@ -59,7 +59,7 @@ LOCATION_LEXFILE = 15  # noun.location: field, park, lawn, city
 MIN_OBJECT_SHARE = 0.2
 
 # Things captions mention as where something happens, not what moves; the hierarchy calls them objects.
-SCENERY_WORDS = {"table", "desk", "counter", "countertop", "shelf", "bed", "carpet", "rug", "grass", "lawn", "sky", "cloud", "track", "ground", "floor", "wall", "background", "scenery", "landscape"}
+SCENERY_WORDS = {"ramp", "table", "desk", "counter", "countertop", "shelf", "bed", "carpet", "rug", "grass", "lawn", "sky", "cloud", "track", "ground", "floor", "wall", "background", "scenery", "landscape"}
 # Names too vague to ground, or words about the footage rather than the scene (in captions the camera is nearly always the one filming).
 OVER_GENERAL = {
     "thing", "object", "item", "stuff", "article", "unit", "device", "equipment", "material", "product", "whole", "part", "piece", "portion", "section",
@@ -90,7 +90,8 @@ PREVIOUS_VOCABULARY = {
     "chair", "pillow", "towel", "cloth", "flag", "kite", "balloon",
 }  # fmt: skip
 NOT_IN_WORDNET = {"smartphone", "tablet computer", "kettlebell", "whiteboard", "jet ski", "paraglider", "hoverboard", "e bike", "selfie stick", "game controller"}
-INCLUDE = PREVIOUS_VOCABULARY | NOT_IN_WORDNET | {"water", "crowd", "couple", "family", "team", "audience", "traffic light"}
+SYNTHETIC_KINDS = {"cylinder", "capsule", "domino", "bunny"}  # what synthetic/generator.py renders; "cylinder" is a geometric solid to WordNet
+INCLUDE = PREVIOUS_VOCABULARY | NOT_IN_WORDNET | SYNTHETIC_KINDS | {"water", "crowd", "couple", "family", "team", "audience", "traffic light"}
 IRREGULAR_PLURALS = {"people": "person"}  # WordNet lists "people" as its own (group) lemma, not in noun.exc
 ADJECTIVE_POS = {"a", "r"}  # adjective (and satellite) and adverb counts in cntlist.rev
 LATIN_BINOMIAL = re.compile(r"^[A-Z][a-z]+_[a-z]+(_[a-z]+)?$")  # "Canis_familiaris"; only dropped for animals and plants
@@ -171,6 +172,8 @@ def lemma_kind(wordnet: WordNet, lemma: str) -> str:
         return "o"
     if phrase.split()[-1] in SCENERY_WORDS:
         return "s"  # "table", "dinner table", "kitchen floor"
+    if " " in phrase and all(is_adjective(wordnet, word) for word in phrase.split()):
+        return ""  # a "small white" (a butterfly) is two adjectives in a caption: "a small white sphere"
     senses = wordnet.senses[lemma]
     kinds = [sense_kind(wordnet, offset) for offset in senses]
     uses = [wordnet.sense_counts[lemma, offset] for offset in senses]
@@ -205,7 +208,7 @@ def is_adjective(wordnet: WordNet, word: str) -> bool:
 
 
 def verb_flag(wordnet: WordNet, lemma: str) -> str:
-    """'V' mostly a verb, 'v' also a verb, 'g' the -ing form of a verb ("painting"), '' otherwise (single words only)."""
+    """'V' mostly a verb (or a plural-only noun spelled like a verb's -s form), 'v' also a verb, 'g' the -ing form of a verb ("painting"), '' otherwise (single words only)."""
     if "_" in lemma or " " in lemma:
         return ""
     if lemma in wordnet.verbs:
@@ -214,6 +217,8 @@ def verb_flag(wordnet: WordNet, lemma: str) -> str:
     stem = lemma.removesuffix("ing")
     if stem != lemma and {stem, stem + "e", stem[:-1]} & wordnet.verbs:
         return "g"
+    if lemma.endswith("s") and lemma[:-1] in wordnet.verbs:
+        return "V"  # a noun only in the plural that reads as a verb's third person: "a cylinder falls"
     return ""
 
 
