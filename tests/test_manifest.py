@@ -100,6 +100,8 @@ def test_cp1252_lines_are_read_in_the_fallback_encoding_and_utf8_lines_stay_utf8
     bad, good = read_manifest(str(path))
     assert bad.error == "line 2: line 2 is neither UTF-8 nor the fallback encoding (set POINTVID_MANIFEST_ENCODING)" and good.error is None
     assert read_manifest(str(path), fallback_encoding="latin-1")[0].caption == "caf\u00e9 \x81"
+    path.write_bytes(b"\xef\xbb\xbfVideo,Caption\r\n01_dog.mp4,A dog\r\n" + "02_cups.mp4,Tasses \u00e0 caf\u00e9\r\n".encode("cp1252"))  # "CSV UTF-8", a line pasted from a cp1252 file
+    assert [(r.caption, r.error) for r in read_manifest(str(path))] == [("A dog", None), ("Tasses \u00e0 caf\u00e9", None)]
 
 
 def test_a_malformed_jsonl_line_is_ledgered_with_its_line_number_and_the_rest_is_read(shared_videos, tmp_path):
