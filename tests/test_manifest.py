@@ -115,6 +115,9 @@ def test_a_malformed_jsonl_line_is_ledgered_with_its_line_number_and_the_rest_is
     )
     rows = read_manifest(str(tmp_path / "m.jsonl"))
     assert [r.error for r in rows] == [None, None, "line 3: not JSON: Expecting ',' delimiter at column 59", None, "line 6: a JSON list, not an object"]
+    (tmp_path / "broken.jsonl").write_text('{"video": "03_blocks.mp4", "caption": "Hands move blocks."\n')
+    with pytest.raises(ManifestError, match=r"not one of its 1 records can be read \(JSON Lines, utf-8\); the first, line 1: not JSON: Expecting ','"):
+        read_manifest(str(tmp_path / "broken.jsonl"))
     settings = PipelineSettings(data_dir=tmp_path / "data", manifest=str(tmp_path / "m.jsonl"))
     (partition,) = partition_rows(settings)
     report = run_stage("clips", partition, settings, lazy_backends("cpu"))

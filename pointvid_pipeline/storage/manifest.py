@@ -116,6 +116,8 @@ def read_manifest(uri: str, fallback_encoding: str = MANIFEST_FALLBACK_ENCODING)
     if all(_normalised(name) in columns for name in PANDA70M_COLUMNS):
         return _panda70m_rows(table, columns, base)
     video = _column(columns, VIDEO_ALIASES)
+    if video is None and table.records and len(table.errors) == len(table.records):  # no record to find columns in: say why
+        raise ManifestError(f"manifest {uri}: not one of its {len(table.records)} records can be read ({table.layout}); the first, {table.places[0]}: {table.errors[0]}")
     if video is None:
         raise ManifestError(f"manifest {uri} has no video column: found columns {table.columns} ({table.layout}); name it one of {', '.join(VIDEO_ALIASES)} (case and spaces ignored), or use the Panda-70M layout ({', '.join(PANDA70M_COLUMNS)})")
     names = (video, _column(columns, CAPTION_ALIASES), _column(columns, START_ALIASES), _column(columns, END_ALIASES))
