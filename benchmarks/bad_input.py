@@ -9,7 +9,7 @@ the `row_seconds` metadata the run records in Dagster. Budgets are shortened thr
 (RUN_ENV). tests/test_bad_input_run.py runs the same cases and asserts; this prints the table.
 
 Run: python benchmarks/bad_input.py [--each] [--keep DIR]
-  --each: every case in a run of its own (a duplicate with the row it repeats), so peak memory is per case.
+  --each: every case in a run of its own (with the row it needs before it, see Case.after), so peak memory is per case.
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ class Case:
     """One manifest row and where it must end: `reason` and `kind` (its class), or "" for a shipped sample.
 
     `line`: the row's manifest line as written, when it is not a well-formed record (a malformed JSONL line).
-    `encoding`: how the row's line is encoded in a text manifest. `repeats`: the case this row duplicates.
+    `encoding`: how the row's line is encoded in a text manifest. `after`: the case whose row this one needs before
+    it in a manifest of its own (the row a duplicate repeats; a readable line beside a malformed one).
     """
 
     name: str
@@ -71,7 +72,7 @@ class Case:
     start: str = ""
     line: str = ""
     encoding: str = "utf-8"
-    repeats: str = ""
+    after: str = ""
 
     @property
     def attempts(self) -> int:
@@ -202,7 +203,7 @@ def build_cases(folder: Path, servers: ExitStack) -> tuple[list[Manifest], list[
         Case("raw H.264 stream, no timestamps", str(videos["raw"]), REAL_CAPTION, "no_depth_backend", "permanent"),
         Case("all black", str(videos["black"]), "A ball rolls.", "black_first_frame", "permanent"),
         real_row,
-        replace(real_row, name="duplicate of the real clip's row", reason="duplicate_row", repeats=real_row.name),
+        replace(real_row, name="duplicate of the real clip's row", reason="duplicate_row", after=real_row.name),
         Case("caption naming no object", clip, "The light changes slowly.", "no_object_in_caption", "permanent", start="2"),
         Case("caption line in cp1252", clip, "Two children jump on a bed \u2013 caf\u00e9 au lait sheets.", "no_depth_backend", "permanent", start="1", encoding="cp1252"),
         Case("start inf", clip, REAL_CAPTION, "invalid_manifest_row", "permanent", start="inf"),
@@ -210,9 +211,10 @@ def build_cases(folder: Path, servers: ExitStack) -> tuple[list[Manifest], list[
         Case("silent HTTP server", silent_url, "A dog runs.", "read_timeout", "transient"),
         Case("HTTP 404", not_found_url, "A dog runs.", "unreadable_video", "permanent"),
     )
+    missing = Case("missing local file", str(folder / "missing.mp4"), "A dog runs.", "unreadable_video", "permanent")
     data_tool = (
-        Case("malformed JSONL line", "", "", "invalid_manifest_row", "permanent", line='{"video": "a.mp4", "caption": "A dog runs."'),
-        Case("missing local file", str(folder / "missing.mp4"), "A dog runs.", "unreadable_video", "permanent"),
+        missing,
+        Case("malformed JSONL line", "", "", "invalid_manifest_row", "permanent", line='{"video": "a.mp4", "caption": "A dog runs."', after=missing.name),
         Case("no caption", clip, "", "missing_caption", "permanent"),
     )
     special_files = (
@@ -281,7 +283,7 @@ def run_all(folder: Path, each: bool = False) -> tuple[list[tuple[Manifest, RunR
         manifests, configuration = build_cases(folder, servers)
         if each:
             by_name = {case.name: case for manifest in manifests for case in manifest.cases}
-            manifests = [replace(manifest, cases=(by_name[case.repeats], case) if case.repeats else (case,)) for manifest in manifests for case in manifest.cases]
+            manifests = [replace(manifest, cases=(by_name[case.after], case) if case.after else (case,)) for manifest in manifests for case in manifest.cases]
         runs = []
         for number, manifest in enumerate(manifests):
             result = measured_run(manifest, folder / f"run-{number:02d}-{manifest.format}")

@@ -92,7 +92,7 @@ def test_details_name_what_was_wrong(runs):
     assert f"1024x576 frames: more than {bad_input.MAX_SOURCE_PIXELS} pixels" in details["1024x576, over a 960x540 pixel limit"]
     assert "a named pipe" in details["named pipe (FIFO) as video"] and "a directory" in details["directory as video"]
     assert "FileNotFoundError" in details["HTTP 404"] and "FileNotFoundError" in details["missing local file"]
-    assert details["malformed JSONL line"].startswith("line 1: not JSON")
+    assert details["malformed JSONL line"].startswith("line 2: not JSON")
     assert "start inf is not a finite time" in details["start inf"]
 
 
