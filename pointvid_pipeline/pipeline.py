@@ -86,7 +86,13 @@ class Sample:
 
 @dataclass
 class StageReport:
-    """What a stage did to one partition; becomes Dagster metadata and CLI output."""
+    """What a stage did to one partition; becomes Dagster metadata and CLI output.
+
+    row_seconds: key -> wall clock from asking the stage for the row's outcome to getting it, tries and
+    backoff included: the row's own time in per-sample stages; in the batched stages (object_prompts,
+    reference_masks) the first row carries the batch calls. Kept out of the stage files and shards,
+    which stay byte-identical across reruns.
+    """
 
     stage: str
     partition: str
@@ -98,6 +104,7 @@ class StageReport:
     stats: dict[str, float]
     backends: dict[str, str]
     extra: dict = field(default_factory=dict)
+    row_seconds: dict[str, float] = field(default_factory=dict)
 
 
 Outcome = tuple[dict, dict]  # (arrays to store, metadata to add); a SampleRejected instead = ledger row
@@ -461,8 +468,13 @@ def run_stage(
     store.forget_index(stage, partition)  # from here until the new index, the stage does not count as done
     index = StageIndex(stage=stage, partition=partition)
     rejected_here: Counter[str] = Counter()
+    row_seconds: dict[str, float] = {}
     started = time.perf_counter()
-    for sample, outcome in zip(samples, STAGE_FUNCTIONS[stage](samples, settings, backends)):
+    outcomes = STAGE_FUNCTIONS[stage](samples, settings, backends)
+    for sample in samples:
+        asked = time.perf_counter()
+        outcome = next(outcomes)
+        row_seconds[sample.key] = time.perf_counter() - asked
         if isinstance(outcome, SampleRejected):
             here.append(_ledger_row(sample.key, sample.meta["row"], stage, outcome))
             rejected_here[outcome.reason.value] += 1
@@ -487,6 +499,7 @@ def run_stage(
         seconds_per_sample=seconds / max(len(samples), 1),
         stats=mean_stage_stats(index.accepted.values(), stage),
         backends={stage: ", ".join(backend_names)},
+        row_seconds=row_seconds,
     )
 
 

@@ -45,7 +45,7 @@ class PipelineSettings:
 
     data_dir: the one directory all outputs go to (stage files, shards, dataset card, Dagster home).
     manifest: CSV / TSV / JSONL / JSON / Parquet / Panda-70M table of (video, caption); None = synthetic scenes.
-    manifest_encoding: how a text manifest's lines that are not UTF-8 are read (no byte-order mark).
+    manifest_encoding: how a text manifest's lines that are not UTF-8 are read (unless a UTF-16/32 byte-order mark decides).
     scenes: JSON list of synthetic scene specs (assets/scenes/default_scenes.json's format) curated when
         there is no manifest; None = the embedded default scenes.
     shard_size: clips per partition (8 for the default scenes, 64 for real manifests unless set).

@@ -1,5 +1,5 @@
 """Real local servers in a thread: any HTTP handler, a file served with range requests (optionally a trickle),
-and a server that accepts connections and never answers."""
+a server that accepts connections and never answers, and a port where nothing listens."""
 
 from __future__ import annotations
 
@@ -11,6 +11,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+
+def free_port() -> int:
+    """A local port nothing listens on (a connection to it is refused)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @contextmanager

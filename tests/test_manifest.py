@@ -100,6 +100,8 @@ def test_cp1252_lines_are_read_in_the_fallback_encoding_and_utf8_lines_stay_utf8
     bad, good = read_manifest(str(path))
     assert bad.error == "line 2: line 2 is neither UTF-8 nor the fallback encoding (set POINTVID_MANIFEST_ENCODING)" and good.error is None
     assert read_manifest(str(path), fallback_encoding="latin-1")[0].caption == "caf\u00e9 \x81"
+    path.write_bytes(b"\xef\xbb\xbfVideo,Caption\r\n01_dog.mp4,A dog\r\n" + "02_cups.mp4,Tasses \u00e0 caf\u00e9\r\n".encode("cp1252"))  # "CSV UTF-8", a line pasted from a cp1252 file
+    assert [(r.caption, r.error) for r in read_manifest(str(path))] == [("A dog", None), ("Tasses \u00e0 caf\u00e9", None)]
 
 
 def test_a_malformed_jsonl_line_is_ledgered_with_its_line_number_and_the_rest_is_read(shared_videos, tmp_path):
@@ -113,6 +115,9 @@ def test_a_malformed_jsonl_line_is_ledgered_with_its_line_number_and_the_rest_is
     )
     rows = read_manifest(str(tmp_path / "m.jsonl"))
     assert [r.error for r in rows] == [None, None, "line 3: not JSON: Expecting ',' delimiter at column 59", None, "line 6: a JSON list, not an object"]
+    (tmp_path / "broken.jsonl").write_text('{"video": "03_blocks.mp4", "caption": "Hands move blocks."\n')
+    with pytest.raises(ManifestError, match=r"not one of its 1 records can be read \(JSON Lines, utf-8\); the first, line 1: not JSON: Expecting ','"):
+        read_manifest(str(tmp_path / "broken.jsonl"))
     settings = PipelineSettings(data_dir=tmp_path / "data", manifest=str(tmp_path / "m.jsonl"))
     (partition,) = partition_rows(settings)
     report = run_stage("clips", partition, settings, lazy_backends("cpu"))

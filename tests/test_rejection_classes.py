@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import re
-import socket
 import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from dagster import DagsterInstance
+from local_servers import free_port
 
 from pointvid_pipeline.backends.registry import lazy_backends
 from pointvid_pipeline.cli import register_partitions
@@ -32,13 +32,6 @@ def test_every_reason_has_one_class_and_the_doc_shows_the_table():
     assert TRANSIENT_REASONS == {reason.value for reason, (kind, _) in REASONS.items() if kind is RejectionClass.transient} == {"backend_error", "network_error", "read_timeout"}
     table = re.search(r"<!-- reasons table[^\n]*-->\n(.*?)<!-- end of reasons table -->", DOC.read_text(), re.DOTALL)
     assert table and table.group(1) == reasons_markdown(), "docs/rejections.md's table differs from rejections.reasons_markdown(): paste its output"
-
-
-def free_port() -> int:
-    """A local port nothing listens on (a connection to it is refused)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class ByteRangeHandler(BaseHTTPRequestHandler):

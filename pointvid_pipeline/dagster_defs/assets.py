@@ -71,6 +71,9 @@ def report_metadata(report: StageReport) -> dict:
         "backends": MetadataValue.json(report.backends),
     }
     metadata.update({name: round(value, 6) for name, value in report.stats.items()})
+    if report.row_seconds:
+        metadata["row_seconds"] = MetadataValue.json({key: round(seconds, 3) for key, seconds in report.row_seconds.items()})
+        metadata["slowest_row_seconds"] = round(max(report.row_seconds.values()), 3)
     if "shard_path" in report.extra:
         metadata["shard_path"] = MetadataValue.path(report.extra["shard_path"])
         metadata["bytes_per_sample"] = round(report.extra["bytes_per_sample"])

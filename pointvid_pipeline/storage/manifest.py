@@ -3,8 +3,8 @@
 Formats, by file suffix: `.parquet`; `.jsonl` / `.ndjson` (one JSON object per line); `.json` (a
 list of objects, or one object = one row); anything else is delimited text (`.csv`, `.tsv`, `.txt`).
 
-Text is read the way spreadsheets write it: a byte-order mark (UTF-8, UTF-16, UTF-32) decides the
-encoding; without one each line is read as UTF-8, or else in the declared fallback encoding
+Text is read the way spreadsheets write it: a UTF-16 or UTF-32 byte-order mark decides the
+encoding; otherwise (no mark, or UTF-8's) each line is read as UTF-8, or else in the declared fallback encoding
 (POINTVID_MANIFEST_ENCODING, default cp1252, what Windows spreadsheets save), line by line so one
 stray byte neither garbles nor loses the other lines. The delimiter is a tab for `.tsv` / `.tab`;
 otherwise the one of `,` `\\t` `;` `|` whose split of the header names the video column (failing
@@ -54,7 +54,7 @@ END_ALIASES = ("end", "end_time")
 PANDA70M_COLUMNS = ("videoID", "url", "timestamp", "caption")
 DELIMITER_NAMES = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}
 DELIMITERS = tuple(DELIMITER_NAMES)
-BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+WIDE_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _SEPARATORS = re.compile(r"[\s_-]+")
 _UNREADABLE = (OSError, ImportError, ValueError)  # missing, unreachable, or a protocol whose package is not installed
@@ -117,6 +117,8 @@ def read_manifest(uri: str, fallback_encoding: str = MANIFEST_FALLBACK_ENCODING)
     if all(_normalised(name) in columns for name in PANDA70M_COLUMNS):
         return _panda70m_rows(table, columns, base)
     video = _column(columns, VIDEO_ALIASES)
+    if video is None and table.records and len(table.errors) == len(table.records):  # no record to find columns in: say why
+        raise ManifestError(f"manifest {uri}: not one of its {len(table.records)} records can be read ({table.layout}); the first, {table.places[0]}: {table.errors[0]}")
     if video is None:
         raise ManifestError(f"manifest {uri} has no video column: found columns {table.columns} ({table.layout}); name it one of {', '.join(VIDEO_ALIASES)} (case and spaces ignored), or use the Panda-70M layout ({', '.join(PANDA70M_COLUMNS)})")
     names = (video, _column(columns, CAPTION_ALIASES), _column(columns, START_ALIASES), _column(columns, END_ALIASES))
@@ -168,14 +170,17 @@ def _read_table(uri: str, fallback_encoding: str) -> _Table:
 def _decoded_lines(data: bytes, fallback_encoding: str) -> tuple[list[str], set[int], str]:
     """Lines with their endings, the 1-based numbers of lines no encoding could read, and the encoding used.
 
-    Line by line, so one stray byte neither turns every other line's UTF-8 into mojibake nor loses them.
+    Line by line, so one stray byte neither turns every other line's UTF-8 into mojibake nor loses them;
+    a UTF-8 byte-order mark is dropped and the lines read the same way (a line pasted in from a cp1252
+    file does not stop the manifest). A UTF-16 or UTF-32 mark decides the whole file's encoding.
     """
-    for bom, encoding in BOMS:
+    for bom, encoding in WIDE_BOMS:
         if data.startswith(bom):
             try:
                 return list(io.StringIO(data.decode(encoding), newline="")), set(), encoding
             except UnicodeDecodeError as exc:
                 raise ManifestError(f"the manifest starts with a {encoding} byte-order mark but is not {encoding}: {exc}") from exc
+    data = data.removeprefix(codecs.BOM_UTF8)
     lines, undecodable, fallback_lines = [], set(), []
     for number, raw in enumerate(data.splitlines(keepends=True), start=1):
         try:
