@@ -161,7 +161,7 @@ def test_normalised_uvd_to_xyz_inverts_a_hand_projection():
         axis=-1,
     )
     points = torch.from_numpy(normalised)[None, None].repeat(2, 3, 1, 1)  # (B=2, T=3, N=3, 3)
-    k = torch.from_numpy(intrinsics)[None].repeat(2, 1, 1)
+    k = torch.from_numpy(intrinsics)[None, None].repeat(2, 3, 1, 1)  # (B, T, 3, 3)
     recovered = normalised_uvd_to_xyz(points, k, depth_max)
     assert recovered.shape == (2, 3, 3, 3)
     np.testing.assert_allclose(recovered.numpy(), np.broadcast_to(xyz, (2, 3, 3, 3)), atol=1e-12)
