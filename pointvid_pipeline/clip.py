@@ -81,7 +81,7 @@ def per_frame_intrinsics(intrinsics: np.ndarray, frame_count: int) -> np.ndarray
 
 
 def pinhole(intrinsics: np.ndarray, points_ndim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """fx, fy, cx, cy of one (3, 3) K (scalars), or of a (T, 3, 3) per-frame K shaped (T, 1, ..., 1) to
+    """fx, fy, cx, cy of one (3, 3) K (0-d), or of a (T, 3, 3) per-frame K shaped (T, 1, ..., 1) to
     broadcast over the components of (T, ..., 3) points with `points_ndim` dimensions: frame t uses K_t.
 
     A per-frame K that repeats one K gives bit-identical results to that K: the same float64 operands

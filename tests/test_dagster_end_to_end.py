@@ -128,7 +128,7 @@ def test_rematerializing_the_partition_in_place_is_idempotent(run):
     assert {path: file_md5(path) for path in outputs} == before
 
 
-def test_shards_are_schema_1_1_with_visibility_cameras_and_depth_convention(run):
+def test_shards_are_schema_1_2_with_visibility_cameras_and_depth_convention(run):
     settings, partition, _, _, _ = run
     samples = read_samples(settings.shards_dir / f"{partition}.tar")
     for key, members in samples.items():
@@ -136,6 +136,7 @@ def test_shards_are_schema_1_1_with_visibility_cameras_and_depth_convention(run)
         assert meta["schema_version"] == "1.2" and meta["frame_size"] == {"width": 448, "height": 256, "frames": 16}
         assert meta["depth"]["units"] == "metres" and "z" in meta["depth"]["quantity"]
         assert np.asarray(meta["extrinsics"]).shape == (16, 4, 4)  # synthetic: the renderer's world-to-camera poses
+        assert np.asarray(meta["frame_intrinsics"]).shape == (16, 3, 3) and meta["frame_intrinsics"][0] == meta["intrinsics"]
         points = load_points(members["points.npz"])
         assert points["visible"].shape == (16, 256, 448) and not points["visible"][:, ~points["valid"]].any()
         assert points["visible"][0, points["valid"]].all() and not points["visible"][1:, points["valid"]].all()
