@@ -25,7 +25,7 @@ GRID.update({f"({q:g}, {r:g}, {s:g})": KalmanConfig(process_noise=q, measurement
 
 
 def foreground_tracks(data_dir: Path) -> dict[str, list[tuple]]:
-    """Scope -> per sample (raw tracks, visibility, K, truth uvd, truth visibility). "all": every foreground
+    """Scope -> per sample (raw tracks, visibility, per-frame K, truth uvd, truth visibility). "all": every foreground
     track; "shipped": those of the objects the run's quality gate kept, in samples that reached the point map."""
     store = StageStore(data_dir / "stages")
     samples = {"all": [], "shipped": []}
@@ -44,7 +44,7 @@ def foreground_tracks(data_dir: Path) -> dict[str, list[tuple]]:
                 scopes["shipped"] = (labels > 0) & ~np.isin(labels, removed)
             for scope, points in scopes.items():
                 if points.any():
-                    samples[scope].append((tracks["tracks"][:, points], tracks["visibility"][:, points], clip["intrinsics"], clip["truth_track_uvd"][:, v[points], u[points]], clip["truth_track_visible"][:, v[points], u[points]]))
+                    samples[scope].append((tracks["tracks"][:, points], tracks["visibility"][:, points], clip["frame_intrinsics"], clip["truth_track_uvd"][:, v[points], u[points]], clip["truth_track_visible"][:, v[points], u[points]]))
     return samples
 
 

@@ -80,7 +80,7 @@ def run_tracker(tracker, clip: Clip, labels: np.ndarray, queries: np.ndarray) ->
     points = queries.astype(np.float32)
     start, wall_start = time.process_time(), time.perf_counter()
     if isinstance(tracker, RigidObjectTracker):
-        tracks, visible = tracker.track(clip.frames, clip.truth.depth, points, labels, clip.intrinsics)
+        tracks, visible = tracker.track(clip.frames, clip.truth.depth, points, labels, clip.frame_intrinsics)
     else:
         tracks, visible = tracker.track(clip.frames, clip.truth.depth, points)
     return tracks, visible, time.process_time() - start, time.perf_counter() - wall_start

@@ -4,8 +4,9 @@ Conventions used by every stage (and documented in docs/architecture.md):
 - frames are uint8 RGB, shape (T, H, W, 3) with T=16, H=256, W=448; frame 0 is the reference frame;
 - pixel coordinates are (u, v) = (column, row) with (0, 0) at the centre of the top-left pixel;
 - depth is metric z-depth in metres (distance along the camera's optical axis), not ray length;
-- cameras are OpenCV pinhole: x right, y down, z forward; `intrinsics` is the 3x3 K matrix;
-  `extrinsics[t]` is the 4x4 world-to-camera transform of frame t.
+- cameras are OpenCV pinhole: x right, y down, z forward; `intrinsics` is the 3x3 K matrix of frame 0,
+  `frame_intrinsics[t]` the K of frame t (a zoom changes it); `extrinsics[t]` is the 4x4 world-to-camera
+  transform of frame t.
 """
 
 from __future__ import annotations
@@ -42,13 +43,21 @@ class Clip:
     key: str
     frames: np.ndarray  # (T, H, W, 3) uint8
     caption: str
-    intrinsics: np.ndarray  # (3, 3) float64 K at 448x256; assumed (see ingest) for real video
+    intrinsics: np.ndarray  # (3, 3) float64 K at 448x256 of frame 0; assumed (see ingest) for real video
     source: dict = field(default_factory=dict)  # where it came from: uri, start/end seconds, fps, stride
     truth: SceneTruth | None = None
 
     @property
     def is_synthetic(self) -> bool:
         return self.truth is not None
+
+    @property
+    def frame_intrinsics(self) -> np.ndarray:
+        """(T, 3, 3) K of every frame, what every stage that unprojects or projects uses: the renderer's
+        (a zooming camera changes it), else `intrinsics` repeated (real video: one lens setting assumed)."""
+        if self.truth is not None and self.truth.intrinsics is not None:
+            return self.truth.intrinsics
+        return per_frame_intrinsics(self.intrinsics, len(self.frames))
 
 
 def strip_caption_tags(caption: str) -> str:
@@ -66,16 +75,33 @@ def default_intrinsics(width: int = FRAME_WIDTH, height: int = FRAME_HEIGHT, hfo
     return np.array([[fx, 0.0, (width - 1) / 2.0], [0.0, fx, (height - 1) / 2.0], [0.0, 0.0, 1.0]])
 
 
+def per_frame_intrinsics(intrinsics: np.ndarray, frame_count: int) -> np.ndarray:
+    """(T, 3, 3) K of every frame from one (3, 3) K (repeated, a read-only view) or a (T, 3, 3) one (as it is)."""
+    return np.broadcast_to(intrinsics, (frame_count, 3, 3))
+
+
+def pinhole(intrinsics: np.ndarray, points_ndim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """fx, fy, cx, cy of one (3, 3) K (0-d), or of a (T, 3, 3) per-frame K shaped (T, 1, ..., 1) to
+    broadcast over the components of (T, ..., 3) points with `points_ndim` dimensions: frame t uses K_t.
+
+    A per-frame K that repeats one K gives bit-identical results to that K: the same float64 operands
+    meet element by element."""
+    k = np.asarray(intrinsics)
+    if k.ndim == 3:
+        k = k.reshape((len(k),) + (1,) * (points_ndim - 2) + (3, 3))
+    return k[..., 0, 0], k[..., 1, 1], k[..., 0, 2], k[..., 1, 2]
+
+
 def unproject(uvd: np.ndarray, intrinsics: np.ndarray) -> np.ndarray:
-    """(..., 3) pixel (u, v, z-depth) -> camera-space (x, y, z)."""
-    fx, fy, cx, cy = intrinsics[0, 0], intrinsics[1, 1], intrinsics[0, 2], intrinsics[1, 2]
+    """(..., 3) pixel (u, v, z-depth) -> camera-space (x, y, z); K (3, 3), or (T, 3, 3) for (T, ..., 3) points."""
+    fx, fy, cx, cy = pinhole(intrinsics, np.ndim(uvd))
     u, v, d = uvd[..., 0], uvd[..., 1], uvd[..., 2]
     return np.stack([(u - cx) * d / fx, (v - cy) * d / fy, d], axis=-1)
 
 
 def project(xyz: np.ndarray, intrinsics: np.ndarray) -> np.ndarray:
-    """(..., 3) camera-space (x, y, z) -> pixel (u, v, z-depth); inverse of `unproject`."""
-    fx, fy, cx, cy = intrinsics[0, 0], intrinsics[1, 1], intrinsics[0, 2], intrinsics[1, 2]
+    """(..., 3) camera-space (x, y, z) -> pixel (u, v, z-depth); inverse of `unproject`, K shaped as there."""
+    fx, fy, cx, cy = pinhole(intrinsics, np.ndim(xyz))
     x, y, z = xyz[..., 0], xyz[..., 1], xyz[..., 2]
     safe_z = np.where(np.abs(z) < 1e-9, 1e-9, z)
     return np.stack([fx * x / safe_z + cx, fy * y / safe_z + cy, z], axis=-1)

@@ -79,7 +79,7 @@ class Sample:
                 extrinsics=data["truth_extrinsics"],
                 track_uvd=data["truth_track_uvd"],
                 track_visible=data["truth_track_visible"],
-                intrinsics=data.get("truth_intrinsics"),
+                intrinsics=data["frame_intrinsics"],
             )
         return Clip(self.key, data["frames"], self.meta["caption"], data["intrinsics"], self.meta["source"], truth)
 
@@ -139,7 +139,7 @@ def _clips(sample: Sample, settings: PipelineSettings, backends: StageBackends) 
         frames, info = decode_clip(row.video, row.start, row.end, stride=settings.frame_stride, budget=settings.budget)
         clip = Clip(row.key, frames, row.caption, default_intrinsics(), {"kind": "video", **info, "intrinsics": "assumed 60 deg horizontal FOV"})
         backend = f"pyav@{info.get('av_version', '')}"
-    arrays = {"frames": clip.frames, "intrinsics": clip.intrinsics}
+    arrays = {"frames": clip.frames, "intrinsics": clip.intrinsics, "frame_intrinsics": clip.frame_intrinsics}
     meta = {"caption": clip.caption, "source": clip.source, "synthetic": clip.is_synthetic, "intrinsics": clip.intrinsics.tolist()}
     if clip.truth is not None:
         truth = clip.truth
@@ -149,7 +149,6 @@ def _clips(sample: Sample, settings: PipelineSettings, backends: StageBackends) 
             truth_extrinsics=truth.extrinsics,
             truth_track_uvd=truth.track_uvd,
             truth_track_visible=truth.track_visible,
-            truth_intrinsics=truth.intrinsics,
         )
         meta["truth_object_names"] = truth.object_names
     meta["backends"] = {"clips": backend}
@@ -236,7 +235,7 @@ def _tracks_3d(sample: Sample, settings: PipelineSettings, backends: StageBacken
     tracker = backends.point_tracker()
     queries = sample.arrays("query_points")["queries"]
     labels = sample.arrays("reference_masks")["labels"]
-    tracks, visibility = tracker.track(sample.clip.frames, sample.arrays("depth")["depth"], queries.astype(np.float32), labels=labels, intrinsics=sample.clip.intrinsics)
+    tracks, visibility = tracker.track(sample.clip.frames, sample.arrays("depth")["depth"], queries.astype(np.float32), labels=labels, intrinsics=sample.clip.frame_intrinsics)
     on_fg = labels[queries[:, 1], queries[:, 0]] > 0
     fg_visible = visibility[:, on_fg].mean(axis=0) >= MIN_VISIBLE_FRACTION
     if not fg_visible.any():
@@ -250,7 +249,7 @@ def _smoothed_tracks(sample: Sample, settings: PipelineSettings, backends: Stage
     tracks = sample.arrays("tracks_3d")
     preset = settings.effective_smoothing
     config = replace(SMOOTHING_CONFIGS[preset], rts_smoothing=settings.kalman_rts)
-    smoothed = smooth_tracks(tracks["tracks"], tracks["visibility"], sample.clip.intrinsics, config)
+    smoothed = smooth_tracks(tracks["tracks"], tracks["visibility"], sample.clip.frame_intrinsics, config)
     stats = {"jitter_raw_px": mean_abs_acceleration(tracks["tracks"]), "jitter_smoothed_px": mean_abs_acceleration(smoothed)}
     kalman = {**config.__dict__, "preset": preset}
     if kalman["occluded_measurement_scale"] == math.inf:
@@ -266,7 +265,7 @@ def _point_maps(sample: Sample, settings: PipelineSettings, backends: StageBacke
     visibility = sample.arrays("tracks_3d")["visibility"]
     depth = sample.arrays("depth")["depth"]
     try:
-        point_map = densify_point_map(smoothed, visibility, queries, labels, depth, sample.clip.intrinsics, settings.densification)
+        point_map = densify_point_map(smoothed, visibility, queries, labels, depth, sample.clip.frame_intrinsics, settings.densification)
     except ValueError as exc:
         raise SampleRejected(RejectionReason.no_visible_track, str(exc)) from exc
     uvd, valid = point_map.uvd, point_map.valid

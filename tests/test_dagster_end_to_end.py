@@ -59,7 +59,7 @@ def test_shard_holds_complete_samples_with_provenance(run):
     for members in samples.values():
         assert set(members) == set(MEMBER_SUFFIXES)
         meta = json.loads(members["json"])
-        assert meta["schema_version"] == "1.1" and meta["synthetic"] and meta["caption"].startswith("<synthetic>")
+        assert meta["schema_version"] == "1.2" and meta["synthetic"] and meta["caption"].startswith("<synthetic>")
         assert set(meta["backends"]) == set(STAGES) - {"pointvid_shards"}
         points = load_points(members["points.npz"])
         assert points["uvd"].shape == (16, 256, 448, 3) and points["uvd"].dtype.name == "float16"
@@ -128,14 +128,15 @@ def test_rematerializing_the_partition_in_place_is_idempotent(run):
     assert {path: file_md5(path) for path in outputs} == before
 
 
-def test_shards_are_schema_1_1_with_visibility_cameras_and_depth_convention(run):
+def test_shards_are_schema_1_2_with_visibility_cameras_and_depth_convention(run):
     settings, partition, _, _, _ = run
     samples = read_samples(settings.shards_dir / f"{partition}.tar")
     for key, members in samples.items():
         meta = json.loads(members["json"])
-        assert meta["schema_version"] == "1.1" and meta["frame_size"] == {"width": 448, "height": 256, "frames": 16}
+        assert meta["schema_version"] == "1.2" and meta["frame_size"] == {"width": 448, "height": 256, "frames": 16}
         assert meta["depth"]["units"] == "metres" and "z" in meta["depth"]["quantity"]
         assert np.asarray(meta["extrinsics"]).shape == (16, 4, 4)  # synthetic: the renderer's world-to-camera poses
+        assert np.asarray(meta["frame_intrinsics"]).shape == (16, 3, 3) and meta["frame_intrinsics"][0] == meta["intrinsics"]
         points = load_points(members["points.npz"])
         assert points["visible"].shape == (16, 256, 448) and not points["visible"][:, ~points["valid"]].any()
         assert points["visible"][0, points["valid"]].all() and not points["visible"][1:, points["valid"]].all()

@@ -23,7 +23,7 @@ def shard_keys(shard_dir) -> list[str]:
 def test_inspect_lists_every_key_with_its_caption(shard_dir, shard_keys, capsys):
     assert main(["inspect", f"file://{shard_dir / 'shard-00000.tar'}"]) == 0  # an fsspec URL, as for remote shards
     out = capsys.readouterr().out
-    assert "schema version 1.1; 3 samples" in out
+    assert "schema version 1.2; 3 samples" in out
     for key in shard_keys:
         line = next(line for line in out.splitlines() if line.startswith(key))
         assert " 16 " in line and "<synthetic>" in line

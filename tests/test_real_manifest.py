@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from pointvid_pipeline.backends.registry import lazy_backends
@@ -25,6 +26,8 @@ def test_real_clips_are_segmented_then_ledgered_for_missing_depth(shared_videos,
         assert labels.shape == (256, 448) and (labels > 0).any()
         assert meta["source"]["first_frame_s"] >= meta["input"].get("start", 0.0) - 1e-3
         assert meta["backends"]["reference_masks"].startswith("motion-grabcut@")
+        clip = store.read_arrays("clips", partition, key)  # real video: the one assumed K holds for every frame
+        np.testing.assert_array_equal(clip["frame_intrinsics"], np.broadcast_to(clip["intrinsics"], (16, 3, 3)))
     assert reports["depth"].rejected_here == {"no_depth_backend": 5}
     folders = sorted(settings.stages_dir.glob(f"*/{partition}/*/"))
     assert len(folders) == 15  # clips, reference_masks, query_points

@@ -361,7 +361,6 @@ def test_tags_are_not_objects_for_the_extractor():
     assert LexicalObjectExtractor().extract([caption])[0].names == ["cylinder", "mug"]
 
 
-@pytest.mark.xfail(strict=True, reason="the zoom scene is tracked with frame 0's K until per-frame intrinsics reach the tracker (issue 15 part 4): the quality gate removes all its objects (track_failure)")
 def test_pointvid_run_curates_generated_scenes_into_shards(generated, tmp_path):
     """`pointvid run --scenes`: two generated scenes (zoom, following) end in shards with their camera records; an invalid
     entry is ledgered, not fatal; the loader keeps or balances synthetic samples by camera movement."""

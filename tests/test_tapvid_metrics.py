@@ -141,6 +141,24 @@ def test_3d_threshold_uses_geometric_mean_focal_and_256_short_side():
     expect(tapvid3d_metrics(pred, visible, gt, visible, k, frame_size=(896, 512)), pts_within_1=1)
 
 
+def test_3d_threshold_uses_each_frames_own_focal_under_a_zoom():
+    # 1 track x 3 frames at z = 2, the same 3/256 m error every frame; the camera zooms: fx = fy = 256, 512, 128,
+    # so the thresholds δ·2/f are δ/128, δ/256, δ/64 m. 3/256 = 0.0117 m is within δ >= 2 at t0 (δ=2: 0.0156),
+    # δ >= 4 at t1 (δ=2: 0.0078, δ=4: 0.0156), every δ at t2 (δ=1: 0.0156).
+    # pts_within: δ=1 1/3, δ=2 2/3, δ>=4 1.  All predicted visible: jaccard δ=1 1/(3+2), δ=2 2/(3+1), δ>=4 1 -> AJ 0.74.
+    zoom = np.repeat(K[None], 3, axis=0)
+    zoom[:, 0, 0] = zoom[:, 1, 1] = (256.0, 512.0, 128.0)
+    gt = np.array([[[0.1, -0.2, 2.0]]] * 3)
+    pred = gt + [3 / 256, 0, 0]
+    visible = np.ones((3, 1), bool)
+    metrics = tapvid3d_metrics(pred, visible, gt, visible, zoom)
+    expect(metrics, pts_within_1=1 / 3, pts_within_2=2 / 3, pts_within_4=1, jaccard_1=0.2, jaccard_2=0.5, jaccard_4=1, average_jaccard=0.74)
+    # Frame 0's K for every frame (one K per clip) judges every frame by δ/128: 0 and 1, AJ 0.8.
+    expect(tapvid3d_metrics(pred, visible, gt, visible, zoom[0]), pts_within_1=0, pts_within_2=1, average_jaccard=0.8)
+    # A per-frame K that repeats one K is that K, to the bit.
+    assert tapvid3d_metrics(pred, visible, gt, visible, np.broadcast_to(K, (3, 3, 3))) == tapvid3d_metrics(pred, visible, gt, visible, K)
+
+
 def test_3d_median_scaling_removes_a_global_scale():
     gt = unproject(np.array([[[100.0, 50.0, 2.0], [300.0, 200.0, 3.0]], [[110.0, 60.0, 2.5], [290.0, 190.0, 5.0]]]), K)
     visible = np.ones((2, 2), bool)

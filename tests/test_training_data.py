@@ -41,7 +41,7 @@ def stream_keys(data_loader, count: int) -> list[str]:
 def test_batch_layout_ranges_and_nearest_resize(shard_dir, samples):
     for batch in itertools.islice(loader(both_shards(shard_dir)), 2):
         assert batch["video"].shape == batch["points"].shape == (2, 8, 3, 64, 112)
-        assert batch["foreground"].shape == (2, 1, 64, 112) and batch["intrinsics"].shape == (2, 3, 3)
+        assert batch["foreground"].shape == (2, 1, 64, 112) and batch["intrinsics"].shape == (2, 8, 3, 3)
         assert batch["synthetic"].shape == (2,) and batch["synthetic"].dtype == torch.bool
         for name in ("video", "points", "foreground", "intrinsics"):
             assert batch[name].dtype == torch.float32
@@ -54,7 +54,7 @@ def test_batch_layout_ranges_and_nearest_resize(shard_dir, samples):
             meta = json.loads(samples[key]["json"])
             assert batch["caption"][i] == meta["caption"]
             assert bool(batch["synthetic"][i]) == meta["caption"].startswith(SYNTHETIC_CAPTION_TAG) == meta["synthetic"]
-            assert torch.equal(batch["intrinsics"][i], torch.tensor(meta["intrinsics"], dtype=torch.float32))
+            assert torch.equal(batch["intrinsics"][i], torch.tensor(meta["frame_intrinsics"][::2], dtype=torch.float32))
             # Nearest resize by exactly 4: output pixel (i, j) is source pixel (4i+2, 4j+2) of frames 0, 2, ..., 14.
             points = load_points(samples[key]["points.npz"])
             foreground = points["valid"][2::4, 2::4]

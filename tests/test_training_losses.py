@@ -149,19 +149,21 @@ def test_gradients_are_finite_when_points_coincide():
     assert torch.isfinite(moved.grad).all() and moved.grad.abs().sum() > 0
 
 
+def hand_normalised_uvd(xyz: np.ndarray, intrinsics: np.ndarray, depth_max: float) -> np.ndarray:
+    """(T, N, 3) camera-space points seen through (T, 3, 3) K -> the loader's normalised (u', v', d'), worked out by hand."""
+    fx, fy, cx, cy = (intrinsics[:, row, column, None] for row, column in ((0, 0), (1, 1), (0, 2), (1, 2)))
+    u = fx * xyz[..., 0] / xyz[..., 2] + cx
+    v = fy * xyz[..., 1] / xyz[..., 2] + cy
+    return np.stack([2 * u / (FRAME_WIDTH - 1) - 1, 2 * v / (FRAME_HEIGHT - 1) - 1, 2 * np.clip(xyz[..., 2] / depth_max, 0, 1) - 1], axis=-1)
+
+
 def test_normalised_uvd_to_xyz_inverts_a_hand_projection():
-    intrinsics = default_intrinsics()
-    fx, fy, cx, cy = intrinsics[0, 0], intrinsics[1, 1], intrinsics[0, 2], intrinsics[1, 2]
+    intrinsics = np.repeat(default_intrinsics()[None], 3, axis=0)  # (T=3, 3, 3)
     xyz = np.array([[0.3, -0.2, 2.0], [-1.0, 0.5, 4.0], [0.0, 0.0, 1.0]])
-    u = fx * xyz[:, 0] / xyz[:, 2] + cx
-    v = fy * xyz[:, 1] / xyz[:, 2] + cy
     depth_max = 8.0
-    normalised = np.stack(
-        [2 * u / (FRAME_WIDTH - 1) - 1, 2 * v / (FRAME_HEIGHT - 1) - 1, 2 * np.clip(xyz[:, 2] / depth_max, 0, 1) - 1],
-        axis=-1,
-    )
-    points = torch.from_numpy(normalised)[None, None].repeat(2, 3, 1, 1)  # (B=2, T=3, N=3, 3)
-    k = torch.from_numpy(intrinsics)[None].repeat(2, 1, 1)
+    normalised = hand_normalised_uvd(np.broadcast_to(xyz, (3, 3, 3)), intrinsics, depth_max)
+    points = torch.from_numpy(normalised)[None].repeat(2, 1, 1, 1)  # (B=2, T=3, N=3, 3)
+    k = torch.from_numpy(intrinsics)[None].repeat(2, 1, 1, 1)  # (B, T, 3, 3)
     recovered = normalised_uvd_to_xyz(points, k, depth_max)
     assert recovered.shape == (2, 3, 3, 3)
     np.testing.assert_allclose(recovered.numpy(), np.broadcast_to(xyz, (2, 3, 3, 3)), atol=1e-12)
@@ -170,6 +172,27 @@ def test_normalised_uvd_to_xyz_inverts_a_hand_projection():
 
     per_sample_depth = normalised_uvd_to_xyz(points, k, torch.tensor([8.0, 16.0], dtype=torch.float64))
     np.testing.assert_allclose(per_sample_depth[1].numpy(), 2 * recovered[1].numpy(), atol=1e-12)
+
+
+def test_a_zoom_is_no_motion_with_per_frame_intrinsics():
+    """A still cloud filmed through a zoom (focal length x1.5 over 4 frames): its pixels spread out frame by frame, but
+    unprojected with each frame's K it stays put, so Eq. 1's velocity and acceleration and Eq. 2's rigidity are 0.
+    With frame 0's K for every frame (one K per clip) the same pixels make a cloud that grows: all three are not."""
+    frames, depth_max = 4, 8.0
+    zoom = np.repeat(default_intrinsics()[None], frames, axis=0)
+    zoom[:, 0, 0] *= 1.5 ** (np.arange(frames) / (frames - 1))
+    zoom[:, 1, 1] = zoom[:, 0, 0]
+    rng = np.random.default_rng(0)
+    xyz = np.stack([rng.uniform(-0.3, 0.3, 30), rng.uniform(-0.2, 0.2, 30), rng.uniform(1.5, 3.0, 30)], axis=-1)
+    points = torch.from_numpy(hand_normalised_uvd(np.broadcast_to(xyz, (frames, 30, 3)), zoom, depth_max))[None]  # (1, T, N, 3)
+    assert (points[0, -1, :, :2].abs() > points[0, 0, :, :2].abs()).all()  # every pixel moves away from the centre
+    per_frame = normalised_uvd_to_xyz(points, torch.from_numpy(zoom)[None], depth_max)
+    frame_0 = normalised_uvd_to_xyz(points, torch.from_numpy(zoom[:1]).expand(frames, 3, 3)[None], depth_max)
+    np.testing.assert_allclose(per_frame[0].numpy(), np.broadcast_to(xyz, (frames, 30, 3)), atol=1e-12)
+    smoothness = (0.0, 1.0, 1.0)  # velocity and acceleration of the prediction only
+    neighbours = knn_pairs(per_frame[:, 0], 3)
+    assert reconstruction_loss(per_frame, per_frame, smoothness).item() < 1e-12 and rigidity_loss(per_frame, neighbours).item() < 1e-20
+    assert reconstruction_loss(frame_0, frame_0, smoothness).item() > 0.05 and rigidity_loss(frame_0, neighbours).item() > 1e-4
 
 
 def test_total_loss_weights_terms_and_reports_floats():

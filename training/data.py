@@ -12,11 +12,12 @@ centre-cropped to the aspect ratio of height x width (nothing is cut at 448:256)
   `denormalise_points` inverts this.
 - frames: indices 0, s, 2s, ... with stride s = 16 // frames: evenly spaced in time, starting at the
   reference frame, so Eq. 1's velocity and acceleration terms see a constant time step.
-- intrinsics: the stored 3x3 K of the 448x256 frame, unchanged.
+- intrinsics: the stored K of the 448x256 frame of each kept frame (`frame_intrinsics`, which a zoom changes
+  from frame to frame; shards without it repeat `intrinsics`), unchanged by the resize: (u, v) stay in curation pixels.
 
 Batches are dicts: "video" (B,T,3,H,W) and "points" (B,T,3,H,W) float32, "visible" (B,T,1,H,W) float32
 (1 where the point map's pixel is visible in that frame; schema 1.0 shards: all valid pixels), "foreground" (B,1,H,W)
-float32 in {0, 1}, "intrinsics" (B,3,3) float32, "caption" list[str] (the "<synthetic>" tag is kept:
+float32 in {0, 1}, "intrinsics" (B,T,3,3) float32, "caption" list[str] (the "<synthetic>" tag is kept:
 the model is conditioned on it), "synthetic" (B,) bool (caption starts with the tag), "key" list[str].
 
 The stream never ends: each epoch reshuffles the shard order and refills the seeded shuffle buffer;
@@ -66,7 +67,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from pointvid_pipeline.clip import FRAME_COUNT, FRAME_HEIGHT, FRAME_WIDTH, SYNTHETIC_CAPTION_TAG
-from pointvid_pipeline.storage.shard_format import load_points
+from pointvid_pipeline.storage.shard_format import load_points, sample_intrinsics
 from pointvid_pipeline.synthetic.cameras import MOVEMENTS
 
 CAMERA_TAG = re.compile(r"<camera-([a-z]+)>")
@@ -215,7 +216,7 @@ def decode_sample(raw: dict, frames: int, height: int, width: int, depth_max: fl
         "points": normalise_points(uvd.float(), foreground, depth_max),
         "foreground": foreground,
         "visible": visible,
-        "intrinsics": torch.tensor(meta["intrinsics"], dtype=torch.float32),
+        "intrinsics": torch.tensor(sample_intrinsics(meta)[indices], dtype=torch.float32),
         "caption": meta["caption"],
         "synthetic": torch.tensor(meta["caption"].startswith(SYNTHETIC_CAPTION_TAG)),
         "key": raw["__key__"],

@@ -25,7 +25,8 @@ def normalised_uvd_to_xyz(
     """(B, T, N, 3) normalised (u', v', d') in [-1, 1] -> (B, T, N, 3) camera-space xyz in metres.
 
     Undoes u' = 2u/(W-1) - 1, v' = 2v/(H-1) - 1, d' = 2d/depth_max - 1 for the (W, H) frame the
-    (B, 3, 3) OpenCV intrinsics belong to, then unprojects x = (u-cx)d/fx, y = (v-cy)d/fy, z = d.
+    (B, T, 3, 3) OpenCV intrinsics belong to, then unprojects x = (u-cx)d/fx, y = (v-cy)d/fy, z = d with
+    each frame's own K (a zoom changes it from frame to frame).
     Values outside [-1, 1] are not clamped, so the gradient reaches every prediction.
     `depth_max` is a float or a (B,) tensor.
     """
@@ -34,8 +35,8 @@ def normalised_uvd_to_xyz(
     v = (points[..., 1] + 1) * (height - 1) / 2
     depth_max = torch.as_tensor(depth_max, dtype=points.dtype, device=points.device).reshape(-1, 1, 1)
     d = (points[..., 2] + 1) * depth_max / 2
-    k = intrinsics.to(points.dtype)[:, :, :, None, None]  # (B, 3, 3, 1, 1) broadcasts over (T, N)
-    fx, fy, cx, cy = k[:, 0, 0], k[:, 1, 1], k[:, 0, 2], k[:, 1, 2]
+    k = intrinsics.to(points.dtype)[:, :, None]  # (B, T, 1, 3, 3) broadcasts over N
+    fx, fy, cx, cy = k[..., 0, 0], k[..., 1, 1], k[..., 0, 2], k[..., 1, 2]
     return torch.stack([(u - cx) * d / fx, (v - cy) * d / fy, d], dim=-1)
 
 

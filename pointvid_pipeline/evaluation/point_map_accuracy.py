@@ -24,7 +24,7 @@ from PIL import Image
 
 from pointvid_pipeline.clip import unproject
 from pointvid_pipeline.evaluation.tapvid_metrics import tapvid3d_metrics, tapvid_2d_metrics
-from pointvid_pipeline.storage.shard_format import load_points, read_samples
+from pointvid_pipeline.storage.shard_format import load_points, read_samples, sample_intrinsics
 
 LOST_OBJECT_PX = 8.0  # median 2D error at the last frame above which an object counts as lost
 FRAME_SETS = {"1-15": slice(1, None), "query": slice(0, 1)}
@@ -43,7 +43,7 @@ HEADLINE = (
 
 
 def pixel_figures(pred_uvd, pred_visible, gt_uvd, gt_visible, intrinsics, frames: slice) -> dict[str, float]:
-    """Figures of (T, M, 3) predicted vs true (u, v, d) of M pixels on `frames`."""
+    """Figures of (T, M, 3) predicted vs true (u, v, d) of M pixels on `frames`; intrinsics (T, 3, 3) K of every frame."""
     evaluate = np.zeros(gt_visible.shape, bool)
     evaluate[frames] = True
     seen = gt_visible & evaluate
@@ -125,7 +125,7 @@ def evaluate_dataset(data_dir: Path, shards: list[Path] | None = None, progress:
         if meta is None:
             missing.append(key)
             continue
-        rows += sample_rows(key, camera_of(meta), points, labels, list(meta["objects"]), np.asarray(meta["intrinsics"]), truth["track_uvd"], truth["track_visible"])
+        rows += sample_rows(key, camera_of(meta), points, labels, list(meta["objects"]), sample_intrinsics(meta), truth["track_uvd"], truth["track_visible"])
     return rows, missing
 
 

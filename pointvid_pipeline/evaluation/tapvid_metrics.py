@@ -9,7 +9,7 @@ the intrinsics rescale of tapnet/tapvid3d/evaluation/evaluate_model.py. For each
   FP = pred-visible ∧ (gt-occluded ∨ ¬within); average_jaccard is its mean over δ (AJ, or 3D-AJ);
 - occlusion_accuracy: fraction of point-frames whose predicted visibility equals the ground truth.
 2D errors are measured on the 256x256 raster; in 3D, δ becomes δ·z_gt / √(fx·fy) metres, with K rescaled
-so the shorter image side is 256.
+so the shorter image side is 256 (fx, fy of each point-frame's own frame when K changes over the video: a zoom).
 
 Differences from the reference:
 - inputs are one video, time-major (T, N, ...), with visibility flags (True = visible) rather than
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pointvid_pipeline.clip import FRAME_HEIGHT, FRAME_WIDTH
+from pointvid_pipeline.clip import FRAME_HEIGHT, FRAME_WIDTH, pinhole
 
 THRESHOLDS = (1, 2, 4, 8, 16)  # pixels at the benchmark's 256 resolution
 RASTER = 256.0
@@ -85,17 +85,19 @@ def tapvid3d_metrics(
     scaling: str = "none",
     thresholds: tuple[float, ...] = THRESHOLDS,
 ) -> dict[str, float]:
-    """TAPVid-3D metrics of (T, N, 3) camera-space tracks in metres; `intrinsics` is K of the (W, H) frame.
+    """TAPVid-3D metrics of (T, N, 3) camera-space tracks in metres; `intrinsics` is K of the (W, H) frame:
+    (3, 3), or (T, 3, 3) for a camera whose K changes (a zoom).
 
-    A pixel threshold δ is back-projected to each gt point's depth, so the bar is a fixed image-plane
-    error, not a fixed metric one. `scaling` ("none", "median", "mean") first multiplies predictions by
+    A pixel threshold δ is back-projected to each gt point's depth with its frame's focal length, so the
+    bar is a fixed image-plane error, not a fixed metric one. `scaling` ("none", "median", "mean") first multiplies predictions by
     s = reduce‖gt‖ / reduce‖pred‖ over evaluated point-frames visible in both; s is returned as "scale".
     """
     pred_xyz, gt_xyz = np.asarray(pred_xyz, float), np.asarray(gt_xyz, float)
     pred_visible, gt_visible = np.asarray(pred_visible, bool), np.asarray(gt_visible, bool)
     mask = np.ones_like(gt_visible) if evaluate is None else np.asarray(evaluate, bool)
     scale = _alignment_scale(pred_xyz, gt_xyz, pred_visible & gt_visible & mask, scaling)
-    focal = np.sqrt(intrinsics[0, 0] * intrinsics[1, 1]) * RASTER / min(frame_size)
+    fx, fy, _, _ = pinhole(intrinsics, gt_xyz.ndim)
+    focal = np.sqrt(fx * fy) * RASTER / min(frame_size)
     squared = np.sum(np.square(scale * pred_xyz - gt_xyz), axis=-1)
     within = np.stack([squared < np.square(delta * gt_xyz[..., 2] / focal) for delta in thresholds])
     return {**_tap_scores(within, pred_visible, gt_visible, mask, thresholds), "scale": scale}

@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from pointvid_pipeline.clip import project, rigid_fit, transform, unproject
+from pointvid_pipeline.clip import per_frame_intrinsics, project, rigid_fit, transform, unproject
 from pointvid_pipeline.stages.tracking import dis_flow, sample_bilinear, sample_nearest
 
 
@@ -184,9 +184,12 @@ class RigidObjectTracker:
         self, frames: np.ndarray, depth: np.ndarray, queries: np.ndarray, labels: np.ndarray, intrinsics: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """frames (T,H,W,3) u8, depth (T,H,W) metres, queries (N,2) (u,v) on frame 0, labels (H,W) frame-0
-        instances (0 = background), intrinsics K -> tracks (T,N,3) (u,v,z) float32, visibility (T,N) bool."""
+        instances (0 = background), intrinsics (T,3,3) K of every frame (or one (3,3) K) -> tracks (T,N,3) (u,v,z)
+        float32, visibility (T,N) bool. Frame t's pixels are lifted and poses projected with frame t's K, so a
+        zoom is not mistaken for motion."""
         frames, depth, labels = np.asarray(frames), np.asarray(depth), np.asarray(labels)  # plain arrays: indexing stage files' memmaps costs ~25 ms a clip
         count, height, width = frames.shape[:3]
+        intrinsics = per_frame_intrinsics(intrinsics, count)
         shape = (height, width)
         rng = np.random.default_rng(self.seed)
         predict_flow, anchor_flow = dis_flow(self.preset), dis_flow(self.anchor_preset)
@@ -195,7 +198,7 @@ class RigidObjectTracker:
         rows, cols = np.mgrid[0:height, 0:width]
         pixels = np.stack([cols.ravel(), rows.ravel()], axis=1).astype(np.float64)
         homogeneous = np.dstack([cols, rows, np.ones_like(cols)]).astype(np.float32)  # (u, v, 1) per pixel
-        surface0 = unproject(np.column_stack([pixels, depth[0].ravel()]), intrinsics)  # frame-0 3D of every pixel
+        surface0 = unproject(np.column_stack([pixels, depth[0].ravel()]), intrinsics[0])  # frame-0 3D of every pixel
         flat_labels = labels.ravel()
         bodies = [int(k) for k in np.unique(labels)]
         objects = [k for k in bodies if k > 0]
@@ -207,7 +210,7 @@ class RigidObjectTracker:
 
         upper = np.array([width - 1, height - 1], np.float64)
         query_depth = sample_nearest(depth[0], np.clip(queries, 0, upper))
-        query_points = unproject(np.column_stack([queries, query_depth]).astype(np.float64), intrinsics)
+        query_points = unproject(np.column_stack([queries, query_depth]).astype(np.float64), intrinsics[0])
         query_labels = sample_nearest(labels, np.clip(queries, 0, upper))
         flow_positions = np.empty((count, len(queries), 2))  # per-point positions, for non-rigid objects
         flow_positions[0] = queries
@@ -221,17 +224,17 @@ class RigidObjectTracker:
             margin = self.predict_margin if t == 1 else self.guided_margin
             boxes = []
             for k in objects:  # the box spans where the body was and where its last motion takes it
-                start = project(transform(poses[k], body_points[k][: self.prediction_samples]), intrinsics)
-                end = project(transform(velocities[k] @ poses[k], body_points[k][: self.prediction_samples]), intrinsics)
+                start = project(transform(poses[k], body_points[k][: self.prediction_samples]), intrinsics[t - 1])
+                end = project(transform(velocities[k] @ poses[k], body_points[k][: self.prediction_samples]), intrinsics[t])
                 if inside_frame(start, width, height).any() or inside_frame(end, width, height).any():
                     boxes.append(self._box(np.vstack([start, end]), margin, shape))
-            guess = self._motion_guess(velocities, label_before, depth[t - 1], homogeneous, intrinsics)
+            guess = self._motion_guess(velocities, label_before, depth[t - 1], homogeneous, intrinsics[t - 1], intrinsics[t])
             flow = flow_in_boxes(predict_flow, gray[t - 1], gray[t], boxes, guess)
             for k in objects:
-                poses[k] = self._predict(poses[k], label_before == k, flow, depth[t - 1], depth[t], pixels, intrinsics, rng)
+                poses[k] = self._predict(poses[k], label_before == k, flow, depth[t - 1], depth[t], pixels, intrinsics[t - 1], intrinsics[t], rng)
 
-            label_t = label_before = splat_objects(object_points, poses, intrinsics, shape)
-            source = self._frame0_pixels(poses, label_t, depth[t], homogeneous, intrinsics)
+            label_t = label_before = splat_objects(object_points, poses, intrinsics[t], shape)
+            source = self._frame0_pixels(poses, label_t, depth[t], homogeneous, intrinsics[0], intrinsics[t])
             warped = cv2.remap(gray[0], source[..., :2] / source[..., 2:], None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
             photometric = cv2.absdiff(warped, gray[t])
             flow = self._background_flow(background_flow, warped, gray[t])
@@ -239,9 +242,9 @@ class RigidObjectTracker:
             flow = flow_in_boxes(anchor_flow, warped, gray[t], boxes, flow)
             for k in objects:  # where the warp put each point, moved on by the flow: non-rigid fallback
                 on_body = query_labels == k
-                guess = np.clip(project(transform(poses[k], query_points[on_body]), intrinsics)[:, :2], 0, upper)
+                guess = np.clip(project(transform(poses[k], query_points[on_body]), intrinsics[t])[:, :2], 0, upper)
                 flow_positions[t, on_body] = guess + sample_bilinear(flow, guess)
-            fits = self._anchor(poses, label_t, source, flow, depth[0], depth[t], labels, pixels, intrinsics, rng)
+            fits = self._anchor(poses, label_t, source, flow, depth[0], depth[t], labels, pixels, intrinsics[0], intrinsics[t], rng)
             for k, (pose, fraction) in fits.items():
                 poses[k] = pose
                 inlier_fractions[k].append(fraction)
@@ -256,7 +259,7 @@ class RigidObjectTracker:
         for t, frame_poses in enumerate(poses_per_frame):
             for k in bodies:
                 on_body = query_labels == k
-                tracks[t, on_body] = project(transform(frame_poses[k], query_points[on_body]), intrinsics)
+                tracks[t, on_body] = project(transform(frame_poses[k], query_points[on_body]), intrinsics[t])
         for k in objects:
             if inlier_fractions[k] and np.median(inlier_fractions[k]) < self.min_rigid_fraction:
                 on_body = query_labels == k
@@ -290,18 +293,18 @@ class RigidObjectTracker:
     @staticmethod
     def _motion_guess(
         velocities: dict[int, np.ndarray], label_now: np.ndarray, depth_now: np.ndarray, homogeneous: np.ndarray,
-        intrinsics: np.ndarray,
+        k_before: np.ndarray, k_after: np.ndarray,
     ) -> np.ndarray:  # fmt: skip
         """(H, W, 2) float32 flow expected from t-1 to t on each object's silhouette if it keeps its last
         motion (constant velocity): the start of the prediction flow, whose reach alone misses the
-        fastest falls (~30 px/frame)."""
+        fastest falls (~30 px/frame). `k_before`, `k_after`: K of frames t-1 and t."""
         guess = np.zeros(label_now.shape + (2,), np.float32)
-        inverse_k = np.linalg.inv(intrinsics)
+        inverse_k = np.linalg.inv(k_before)
         for k, box in enumerate(ndimage.find_objects(label_now), start=1):
             if box is None:
                 continue
             velocity = velocities[k]
-            matrix = np.hstack([intrinsics @ velocity[:3, :3] @ inverse_k, intrinsics @ velocity[:3, 3:]]).astype(np.float32)
+            matrix = np.hstack([k_after @ velocity[:3, :3] @ inverse_k, k_after @ velocity[:3, 3:]]).astype(np.float32)
             moved = cv2.transform(homogeneous[box] * depth_now[box][..., None], matrix)
             shift = moved[..., :2] / moved[..., 2:] - homogeneous[box][..., :2]
             np.copyto(guess[box], shift, where=(label_now[box] == k)[..., None])
@@ -309,11 +312,12 @@ class RigidObjectTracker:
 
     def _predict(
         self, pose: np.ndarray, silhouette: np.ndarray, flow: np.ndarray, depth_prev: np.ndarray, depth_next: np.ndarray,
-        pixels: np.ndarray, intrinsics: np.ndarray, rng: np.random.Generator,
+        pixels: np.ndarray, k_prev: np.ndarray, k_next: np.ndarray, rng: np.random.Generator,
     ) -> np.ndarray:  # fmt: skip
         """Pose at t: the motion t-1 -> t fitted on the flow at the body's pixels at t-1 (`silhouette`,
         splatted for the re-anchoring at t-1), applied to the pose at t-1. All of the body seen at t-1
-        takes part, not only what frame 0 saw, which has turned away on a tumbling or rolling body."""
+        takes part, not only what frame 0 saw, which has turned away on a tumbling or rolling body.
+        `k_prev`, `k_next`: K of frames t-1 and t."""
         height, width = depth_prev.shape
         candidates = np.flatnonzero(cv2.erode(silhouette.astype(np.uint8), np.ones((3, 3), np.uint8)).ravel())
         if len(candidates) > self.prediction_samples:
@@ -324,23 +328,23 @@ class RigidObjectTracker:
         if usable.sum() < self.min_matches:
             return pose
         before, after = before[usable], after[usable]
-        src = unproject(np.column_stack([before, sample_nearest(depth_prev, before)]), intrinsics)
-        dst = unproject(np.column_stack([after, sample_nearest(depth_next, after)]), intrinsics)
-        return self._fit(src, dst, intrinsics[0, 0], rng)[0] @ pose
+        src = unproject(np.column_stack([before, sample_nearest(depth_prev, before)]), k_prev)
+        dst = unproject(np.column_stack([after, sample_nearest(depth_next, after)]), k_next)
+        return self._fit(src, dst, k_next[0, 0], rng)[0] @ pose
 
     @staticmethod
     def _frame0_pixels(
-        poses: dict[int, np.ndarray], label_t: np.ndarray, depth_t: np.ndarray, homogeneous: np.ndarray, intrinsics: np.ndarray
+        poses: dict[int, np.ndarray], label_t: np.ndarray, depth_t: np.ndarray, homogeneous: np.ndarray, k_0: np.ndarray, k_t: np.ndarray,
     ) -> np.ndarray:  # fmt: skip
         """(H, W, 3) float32: where each frame-t pixel was in frame 0, through its body's pose, as the
-        homogeneous pixel (u z0, v z0, z0). One 3x4 matrix per body, K [R|t]^-1 K^-1, applied by
+        homogeneous pixel (u z0, v z0, z0). One 3x4 matrix per body, K_0 [R|t]^-1 K_t^-1, applied by
         cv2.transform to (u z, v z, z): the background on the whole frame, each object in its box."""
         scaled = homogeneous * depth_t[..., None]
-        inverse_k = np.linalg.inv(intrinsics)
+        inverse_k = np.linalg.inv(k_t)
 
         def back_to_frame0(pose: np.ndarray) -> np.ndarray:
             inverse = np.linalg.inv(pose)
-            return np.hstack([intrinsics @ inverse[:3, :3] @ inverse_k, intrinsics @ inverse[:3, 3:]]).astype(np.float32)
+            return np.hstack([k_0 @ inverse[:3, :3] @ inverse_k, k_0 @ inverse[:3, 3:]]).astype(np.float32)
 
         source = cv2.transform(scaled, back_to_frame0(poses.get(0, np.eye(4))))
         for k, box in enumerate(ndimage.find_objects(label_t), start=1):
@@ -357,11 +361,12 @@ class RigidObjectTracker:
 
     def _anchor(
         self, poses: dict[int, np.ndarray], label_t: np.ndarray, source: np.ndarray, flow: np.ndarray,
-        depth0: np.ndarray, depth_t: np.ndarray, labels: np.ndarray, pixels: np.ndarray, intrinsics: np.ndarray,
+        depth0: np.ndarray, depth_t: np.ndarray, labels: np.ndarray, pixels: np.ndarray, k_0: np.ndarray, k_t: np.ndarray,
         rng: np.random.Generator,
     ) -> dict[int, tuple[np.ndarray, float]]:  # fmt: skip
         """Refit each body's pose on frame-0 -> frame-t matches: `source` (frame-0 pixel of each frame-t
-        pixel under the predicted poses) and the flow from frame 0 warped that way to frame t.
+        pixel under the predicted poses) and the flow from frame 0 warped that way to frame t; `k_0`, `k_t`:
+        K of frames 0 and t.
 
         Returns, per body with enough matches, the new pose and its inlier fraction.
         """
@@ -382,8 +387,8 @@ class RigidObjectTracker:
             before, after = before[usable][: self.samples_per_body], after[usable][: self.samples_per_body]
             if len(before) < self.min_matches:
                 continue
-            src = unproject(np.column_stack([before[:, :2], sample_nearest(depth0, before[:, :2])]), intrinsics)
-            dst = unproject(np.column_stack([after, sample_nearest(depth_t, after)]), intrinsics)
-            pose, inliers = self._fit(src, dst, intrinsics[0, 0], rng)
+            src = unproject(np.column_stack([before[:, :2], sample_nearest(depth0, before[:, :2])]), k_0)
+            dst = unproject(np.column_stack([after, sample_nearest(depth_t, after)]), k_t)
+            pose, inliers = self._fit(src, dst, k_t[0, 0], rng)
             fits[k] = (pose, float(inliers.mean()))
         return fits

@@ -31,7 +31,7 @@ import numpy as np
 from scipy import sparse
 from scipy.spatial import cKDTree
 
-from pointvid_pipeline.clip import project, rigid_fit, unproject
+from pointvid_pipeline.clip import per_frame_intrinsics, project, rigid_fit, unproject
 from pointvid_pipeline.settings import DENSIFICATION_METHODS
 
 
@@ -117,8 +117,9 @@ def densify_point_map(
     """Dense point map of the labelled pixels of frame 0 from (T, N, 3) tracks of the (N, 2) query pixels.
 
     labels (H, W) int: 0 background, k > 0 object k; depth (T, H, W) metres, the depth the tracks were
-    read from; intrinsics (3, 3) K. With "displacement", an object no tracked pixel starts on is left
-    out of `valid`. Raises ValueError when no track starts on an object.
+    read from; intrinsics (T, 3, 3) K of every frame (or one (3, 3) K): frame t's tracks are lifted to 3D and
+    the pixels' points projected back with frame t's K. With "displacement", an object no tracked pixel
+    starts on is left out of `valid`. Raises ValueError when no track starts on an object.
     """
     if method not in DENSIFICATION_METHODS:
         raise ValueError(f"unknown densification {method!r}; expected one of {DENSIFICATION_METHODS}")
@@ -130,6 +131,7 @@ def densify_point_map(
         visible[:, tracked] = _pixel_track_visibility(track_visible, query_uv, foreground)[:, tracked]
         visible &= depth_test(uvd, depth, depth_tolerance) & foreground
         return PointMap(uvd, visible, foreground, tracked)
+    intrinsics = per_frame_intrinsics(intrinsics, len(tracks_uvd))
     return _densify_displacements(np.asarray(tracks_uvd, np.float64), np.asarray(track_visible, bool), np.asarray(query_uv), labels, depth, intrinsics, k, depth_tolerance)
 
 
@@ -186,7 +188,7 @@ def _densify_displacements(tracks_uvd, track_visible, query_uv, labels, depth, i
         weights[distance[:, 0] == 0] = np.eye(1, distance.shape[1])[0]  # a tracked pixel follows its own track
         weights /= weights.sum(axis=1, keepdims=True)
         rotations = rigid_fit(np.broadcast_to(track_xyz[:1, members], track_xyz[:, members].shape), track_xyz[:, members])[:, :3, :3] if len(members) >= 3 else np.eye(3)[None]
-        start = unproject(np.stack([pixel_u, pixel_v, depth[0, pixel_v, pixel_u]], axis=1).astype(np.float64), intrinsics)
+        start = unproject(np.stack([pixel_u, pixel_v, depth[0, pixel_v, pixel_u]], axis=1).astype(np.float64), intrinsics[0])
         # Weighted sums over the k neighbours one neighbour at a time: (T, M, 3) arrays, never a (T, M, k, 3) gather.
         centre = np.zeros((frame_count, len(pixel_v), 3))
         support = np.zeros((frame_count, len(pixel_v)))

@@ -47,7 +47,7 @@ def write_partition_shard(partition: str, settings: PipelineSettings, storage_op
             "frame_size": {"width": frames.shape[2], "height": frames.shape[1], "frames": frames.shape[0]},
             "depth": DEPTH_CONVENTION,
             "extrinsics": clip["truth_extrinsics"].tolist() if "truth_extrinsics" in clip else None,
-            "frame_intrinsics": clip["truth_intrinsics"].tolist() if "truth_intrinsics" in clip else None,
+            "frame_intrinsics": clip["frame_intrinsics"].tolist(),
         }
         sample = sample_members(key, encode_mp4(frames, meta["source"].get("fps") or 16), npz_bytes(points), png_bytes(labels), sample_meta)
         members += sample

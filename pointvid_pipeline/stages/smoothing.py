@@ -2,7 +2,7 @@
 
 Tracker output jitters from frame to frame. The paper filters the 3D point cloud "to estimate a global
 velocity and eliminate high-frequency noise"; we do that in camera space (pixel uvd unprojected with
-K), where a constant-velocity model is physically meaningful, and project back to (u, v, depth).
+each frame's K), where a constant-velocity model is physically meaningful, and project back to (u, v, depth).
 
 The model is the one `paper_reference.kalman_smooth_filterpy` builds per point with filterpy:
 state [x, vx, y, vy, z, vz], dt = 1 frame, F constant velocity, H picks positions,
@@ -187,8 +187,9 @@ def smooth_tracks(
 ) -> np.ndarray:
     """(T, N, 3) pixel tracks (u, v, z-depth) -> (T, N, 3) float32 smoothed tracks, same convention.
 
-    Filtering happens on camera-space xyz (`clip.unproject` with K) and the result is projected back,
-    so the motion model is constant velocity in 3D, not in the image. Raises ValueError if a frame-0
+    Filtering happens on camera-space xyz (`clip.unproject` with `intrinsics`: (T, 3, 3), frame t's K for
+    frame t, or one (3, 3) K) and the result is projected back with the same K, so the motion model is
+    constant velocity in 3D, not in the image (nor in a zoom). Raises ValueError if a frame-0
     value is not finite: the query point defines the track and cannot be estimated.
     """
     xyz = unproject(np.asarray(tracks_uvd, dtype=np.float64), intrinsics)

@@ -27,7 +27,7 @@ class PointTracker(Protocol):
 
         frames (T, H, W, 3) uint8, depth (T, H, W) float32 metres, queries (N, 2) float32 (u, v) pixel
         positions on frame 0, labels (H, W) int32 the frame-0 instance mask (0 = background),
-        intrinsics (3, 3) K. Returns tracks (T, N, 3) float32 = (u, v, depth) and visibility (T, N)
+        intrinsics (T, 3, 3) K of every frame (a zoom changes it). Returns tracks (T, N, 3) float32 = (u, v, depth) and visibility (T, N)
         bool; tracks[0, :, :2] == queries and visibility[0] is all True. Trackers that follow pixels
         one by one (optical flow, the learned trackers) ignore labels and intrinsics.
         """

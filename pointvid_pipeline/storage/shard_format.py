@@ -11,10 +11,12 @@ Sample schema (SCHEMA_VERSION; documented in docs/architecture.md). Members per 
                      along the width (`load_points` unpacks it into `visible` (16, 256, 448) bool);
 - `<key>.mask.png`   (256, 448) uint8 instance labels of the reference frame (0 = background): the
                      object id of every pixel, indexing the JSON's `objects`;
-- `<key>.json`       caption, objects, intrinsics, frame size, depth convention, camera extrinsics
-                     (per frame world-to-camera, synthetic only, else null), backends and versions,
-                     source and clip times, stats.
-Readers accept 1.0 (no visibility: every valid pixel counts as visible in every frame).
+- `<key>.json`       caption, objects, intrinsics (frame 0's K), since 1.2 frame_intrinsics (K of every
+                     frame: a zoom changes it; real video repeats `intrinsics`), frame size, depth
+                     convention, camera extrinsics (per frame world-to-camera, synthetic only, else null),
+                     backends and versions, source and clip times, stats.
+Readers accept 1.0 (no visibility: every valid pixel counts as visible in every frame) and 1.1 (frame_intrinsics
+null or absent: `intrinsics` holds for every frame); `sample_intrinsics` reads K per frame from any of them.
 Bytes are deterministic: fixed member order, mtime 0, fixed zip timestamps, single-threaded x264 without mbtree."""
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ import av
 import numpy as np
 from PIL import Image
 
-SCHEMA_VERSION = "1.1"
-READABLE_SCHEMA_VERSIONS = ("1.0", "1.1")
+from pointvid_pipeline.clip import FRAME_COUNT, per_frame_intrinsics
+
+SCHEMA_VERSION = "1.2"
+READABLE_SCHEMA_VERSIONS = ("1.0", "1.1", "1.2")
 MEMBER_SUFFIXES = ("mp4", "points.npz", "mask.png", "json")
 MP4_CRF = 18
 MP4_PRESET = "superfast"  # against "veryfast": 25-40 % more mp4 bytes at the same CRF, about 25 ms less per clip
@@ -122,6 +126,14 @@ def load_points(data: bytes) -> dict[str, np.ndarray]:
     else:
         points["visible"] = np.unpackbits(bits, axis=-1, count=uvd.shape[2]).astype(bool)
     return points
+
+
+def sample_intrinsics(meta: dict) -> np.ndarray:
+    """(T, 3, 3) float64 K of every frame of a sample's JSON: `frame_intrinsics`, or for samples without it
+    (schema 1.0, and 1.1 real video) `intrinsics` repeated: those were written assuming one K per clip."""
+    if meta.get("frame_intrinsics") is not None:
+        return np.asarray(meta["frame_intrinsics"], np.float64)
+    return per_frame_intrinsics(np.asarray(meta["intrinsics"], np.float64), meta.get("frame_size", {}).get("frames", FRAME_COUNT))
 
 
 CHECKS = {

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from pointvid_pipeline.clip import unproject
-from pointvid_pipeline.storage.shard_format import load_points
+from pointvid_pipeline.storage.shard_format import load_points, sample_intrinsics
 from pointvid_pipeline.tools.previews import INSTANCE_COLOURS, depth_colormap, draw_tracks, frame_strip, mask_overlay, png_bytes
 
 SHEET_FRAMES = (0, 5, 10, 15)
@@ -136,9 +136,10 @@ def tracked_frames(frames: np.ndarray, points: dict[str, np.ndarray]) -> tuple[l
 
 
 def camera_points(points: dict[str, np.ndarray], labels: np.ndarray, intrinsics: np.ndarray, frame: int) -> tuple[np.ndarray, np.ndarray]:
-    """Camera-space xyz of every foreground pixel's point at `frame`, with its frame-0 instance label."""
+    """Camera-space xyz of every foreground pixel's point at `frame`, with its frame-0 instance label;
+    `intrinsics` is the (T, 3, 3) K of every frame (a zoom changes it)."""
     valid = points["valid"]
-    return unproject(points["uvd"][frame][valid].astype(np.float64), intrinsics), labels[valid]
+    return unproject(points["uvd"][frame][valid].astype(np.float64), intrinsics[frame]), labels[valid]
 
 
 def scatter_3d(xyz: np.ndarray, instance: np.ndarray, limits: tuple[np.ndarray, np.ndarray], size: tuple[int, int]) -> np.ndarray:
@@ -192,7 +193,7 @@ def contact_sheet(frames: np.ndarray, points: dict[str, np.ndarray], labels: np.
     tracked = int(points["tracked"].sum())
     depths = depth0[valid]
     depth_label = f"depth, frame 0: {depths.min():.2f}-{depths.max():.2f} m (red near)" if depths.size else "depth, frame 0: no foreground"
-    intrinsics, last = np.asarray(meta["intrinsics"]), len(frames) - 1
+    intrinsics, last = sample_intrinsics(meta), len(frames) - 1
     clouds = [camera_points(points, labels, intrinsics, t) for t in (0, last)]
     everything = np.concatenate([xyz for xyz, _ in clouds]) if valid.any() else np.zeros((1, 3))
     limits = (everything.min(axis=0), everything.max(axis=0))
