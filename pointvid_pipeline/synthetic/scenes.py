@@ -222,7 +222,8 @@ class SceneSpec:
             raise ValueError(f"scene {spec.name}: only stackable kinds topple, got {[o.kind for o in objects]}")
         if isinstance(spec.camera, list) and not 1 <= len(spec.camera) <= MAX_RIG_CAMERAS:
             raise ValueError(f"scene {spec.name}: a rig has 1-{MAX_RIG_CAMERAS} cameras, got {len(spec.camera)}")
-        spec.resolve_cameras(spec.seed_rig())  # raises on a bad program
+        if any(program.subject is not None and not 0 <= program.subject < len(objects) for program in spec.resolve_cameras(spec.seed_rig())):  # raises on a bad program
+            raise ValueError(f"scene {spec.name}: a camera's subject is not one of its {len(objects)} objects")
         if spec.light is not None:
             Light(**spec.light)
         return spec
