@@ -270,6 +270,12 @@ def decode_view(raw: dict, frames: int, height: int, width: int, depth_max: floa
     }
 
 
+def worker_shards(urls: list[str]) -> tuple[int, int, list[str]]:
+    """(this DataLoader worker's id, how many workers there are, the shards it reads)."""
+    worker = get_worker_info()
+    return (worker.id, worker.num_workers, list(wds.split_by_worker(urls))) if worker else (0, 1, list(urls))
+
+
 class PointVidStream(IterableDataset):
     """The endless, seeded sample stream of `make_loader` (one per DataLoader worker)."""
 
@@ -289,9 +295,7 @@ class PointVidStream(IterableDataset):
 
     def raw_samples(self) -> Iterator[dict]:
         """Undecoded samples in stream order, after mixing, shuffling and `skip`."""
-        worker = get_worker_info()
-        worker_id, workers = (worker.id, worker.num_workers) if worker else (0, 1)
-        urls = list(wds.split_by_worker(self.urls))
+        worker_id, workers, urls = worker_shards(self.urls)
         if not urls:  # more workers than shards: this one idles
             return
 
@@ -360,9 +364,7 @@ class ViewPairStream(IterableDataset):
         self.seed, self.shuffle_buffer, self.skip = seed, shuffle_buffer, skip
 
     def __iter__(self) -> Iterator[dict]:
-        worker = get_worker_info()
-        worker_id, workers = (worker.id, worker.num_workers) if worker else (0, 1)
-        urls = list(wds.split_by_worker(self.urls))
+        worker_id, workers, urls = worker_shards(self.urls)
         if not urls:  # more workers than shards: this one idles
             return
         pairs = view_pair_epochs(urls, self.shuffle_buffer, random.Random(f"pointvid/{self.seed}/{worker_id}/view-pairs"))

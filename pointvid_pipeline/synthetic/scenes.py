@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging
 import re
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -43,6 +45,7 @@ from pointvid_pipeline.clip import (
 )
 from pointvid_pipeline.synthetic.cameras import FOCUS_FRACTIONS, FOCUS_HEIGHTS, HFOV_DEG, MAX_RIG_CAMERAS, MOVEMENTS, SIGNED_DEFAULTS, CameraProgram, camera_pose, intrinsics_for_hfov
 
+log = logging.getLogger(__name__)
 SCENES_DIR = Path(__file__).resolve().parents[2] / "assets" / "scenes"
 DEFAULT_SCENES_PATH = SCENES_DIR / "default_scenes.json"
 
@@ -637,8 +640,10 @@ def render_views(spec: SceneSpec, frame_count: int = FRAME_COUNT, width: int = F
 
     Every camera films the same simulation: the physics is stepped once per frame, then each camera is
     placed (after the step, so a follow focus and a following camera see where the subject is now; a zoom
-    gives every frame its own intrinsics) and renders. The views share the objects' world poses.
+    gives every frame its own intrinsics) and renders. The views share the objects' world poses. The time it took
+    (simulation, rendering and ground truth) is logged at DEBUG with `extra={"render": {"scene", "views", "seconds"}}`.
     """
+    started = time.perf_counter()
     rng = np.random.default_rng(spec.seed)
     light = Light(**spec.light) if spec.light is not None else None
     poses = np.empty((frame_count, len(spec.objects), 4, 4))
@@ -671,7 +676,10 @@ def render_views(spec: SceneSpec, frame_count: int = FRAME_COUNT, width: int = F
             poses[t] = [_pose_matrix(body, client) for body in bodies]
     finally:
         p.disconnect(client)
-    return [_view_clip(spec, key, camera, view, poses) for camera, (key, view) in enumerate(zip(spec.view_keys, views))]
+    clips = [_view_clip(spec, key, camera, view, poses) for camera, (key, view) in enumerate(zip(spec.view_keys, views))]
+    seconds = time.perf_counter() - started
+    log.debug("rendered %s: %d views in %.2f s", spec.name, len(clips), seconds, extra={"render": {"scene": spec.name, "views": len(clips), "seconds": seconds}})
+    return clips
 
 
 _waiting_views: dict[tuple, dict[int, Clip]] = {}  # the rendered views of one scene not yet asked for
