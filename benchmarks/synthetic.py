@@ -9,7 +9,10 @@ curates them on the `cpu` profile through the plain-Python runner (the code the 
 - the distributions drawn: object kinds, sizes, motions, floors, backdrops, light tones, camera movements, labels, focus;
 - per camera movement class: views curated and rejected (by reason), objects removed by the quality gate, lost objects
   shipped, and the point-map evaluation of `pointvid evaluate` (`evaluation/point_map_accuracy.py`: mean over views of
-  the shipped pixels' figures on frames 1-15).
+  the shipped pixels' figures on frames 1-15);
+- for rigs, how well two shipped views agree in world space: for the shipped points of one view that the other view
+  also sees (by the ground truth), the distance to the other view's nearest shipped point of the same object at the
+  same frame (median per scene, frames 1, 4, ..., 13, both directions).
 Run: python benchmarks/synthetic.py [--count 200] [--seed 0] [--cameras 1] [--keep DIR] [--json FILE]
 """
 
@@ -21,6 +24,7 @@ for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")
 
 import argparse  # noqa: E402
+import io  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import tempfile  # noqa: E402
@@ -29,12 +33,16 @@ from collections import Counter, defaultdict  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+from scipy.spatial import cKDTree  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from pointvid_pipeline.backends.registry import lazy_backends  # noqa: E402
+from pointvid_pipeline.clip import FRAME_COUNT, FRAME_HEIGHT, FRAME_WIDTH, project, unproject  # noqa: E402
 from pointvid_pipeline.evaluation.point_map_accuracy import HEADLINE, LOST_OBJECT_PX, evaluate_dataset, summarise  # noqa: E402
 from pointvid_pipeline.pipeline import STAGES, partition_rows, run_stage  # noqa: E402
 from pointvid_pipeline.settings import PipelineSettings  # noqa: E402
+from pointvid_pipeline.storage.shard_format import load_points, read_samples  # noqa: E402
 from pointvid_pipeline.synthetic.cameras import MOVEMENTS  # noqa: E402
 from pointvid_pipeline.synthetic.generator import generate_scenes  # noqa: E402
 from pointvid_pipeline.synthetic.scenes import Light, SceneSpec, render_views  # noqa: E402
@@ -134,6 +142,60 @@ def outcomes_by_movement(settings: PipelineSettings, rows: list[dict]) -> dict[s
     return {m: {**o, "rejected": dict(o["rejected"])} for m, o in outcome.items() if o["views"]}
 
 
+def _shipped_view(data_dir: Path, tar: Path, key: str, members: dict) -> dict:
+    truth = data_dir / "stages" / "clips" / tar.stem / key
+    return {
+        "meta": json.loads(members["json"]),
+        "points": load_points(members["points.npz"]),
+        "labels": np.asarray(Image.open(io.BytesIO(members["mask.png"])), dtype=np.int32),
+        **{name: np.load(truth / f"truth_{name}.npy", mmap_mode="r") for name in ("depth", "instance_masks", "track_uvd", "track_visible")},
+    }
+
+
+def _to_world(points_cam: np.ndarray, extrinsic: np.ndarray) -> np.ndarray:
+    return (points_cam - extrinsic[:3, 3]) @ extrinsic[:3, :3]
+
+
+def _covisible_distances(first: dict, second: dict, t: int) -> list[float]:
+    """Per object: median distance from `first`'s shipped world points that `second` also sees to `second`'s nearest shipped point."""
+    medians = []
+    cameras = [(np.asarray(view["meta"]["frame_intrinsics"][t]), np.asarray(view["meta"]["extrinsics"][t])) for view in (first, second)]
+    for label in range(1, len(first["meta"]["objects"]) + 1):
+        shipped = [view["points"]["valid"] & view["points"]["visible"][t] & (view["labels"] == label) for view in (first, second)]
+        shipped[0] &= first["track_visible"][t]
+        if min(s.sum() for s in shipped) < 20:
+            continue
+        (k_first, e_first), (k_second, e_second) = cameras
+        truth = _to_world(unproject(np.asarray(first["track_uvd"][t][shipped[0]], np.float64), k_first), e_first)
+        uvd = project(truth @ e_second[:3, :3].T + e_second[:3, 3], k_second)
+        column, row = np.rint(uvd[:, 0]).astype(int), np.rint(uvd[:, 1]).astype(int)
+        inside = (column >= 0) & (column < FRAME_WIDTH) & (row >= 0) & (row < FRAME_HEIGHT)
+        column, row = np.where(inside, column, 0), np.where(inside, row, 0)
+        seen = inside & (second["instance_masks"][t][row, column] == label) & (np.abs(second["depth"][t][row, column] - uvd[:, 2]) < np.maximum(0.01, 0.01 * uvd[:, 2]))
+        if seen.sum() < 20:
+            continue
+        points_first = _to_world(unproject(first["points"]["uvd"][t][shipped[0]][seen].astype(np.float64), k_first), e_first)
+        points_second = _to_world(unproject(second["points"]["uvd"][t][shipped[1]].astype(np.float64), k_second), e_second)
+        medians.append(float(np.median(cKDTree(points_second).query(points_first)[0])))
+    return medians
+
+
+def cross_view_agreement(data_dir: Path) -> dict:
+    """Per scene with two or more shipped views (the first two): the median world distance of co-visible shipped points."""
+    views: dict[str, list[dict]] = defaultdict(list)
+    for tar in sorted((data_dir / "shards").glob("*.tar")):
+        for key, members in read_samples(tar).items():
+            view = _shipped_view(data_dir, tar, key, members)
+            views[view["meta"]["scene_id"]].append(view)
+    per_scene = {}
+    for scene, shipped in views.items():
+        if len(shipped) >= 2:
+            distances = [d for first, second in (shipped[:2], shipped[1::-1]) for t in range(1, FRAME_COUNT, 3) for d in _covisible_distances(first, second, t)]
+            if distances:
+                per_scene[scene] = {"cameras": [v["meta"]["source"]["camera"] for v in shipped[:2]], "median_m": float(np.median(distances))}
+    return per_scene
+
+
 def report(scenes: list[dict], timing: dict, stage_seconds: dict[str, float], settings: PipelineSettings) -> dict:
     views = sum(len(s["camera"]) if isinstance(s["camera"], list) else 1 for s in scenes)
     print(f"\n== {len(scenes)} scenes, {views} views ==")
@@ -162,8 +224,17 @@ def report(scenes: list[dict], timing: dict, stage_seconds: dict[str, float], se
     shipped = sum(o["shipped"] for o in outcomes.values())
     cells = ["pooled", views, shipped, "", summary["objects"], summary["removed_objects"], len(summary["lost_objects_shipped"]), *(_cell(pooled[name]) for _, name in HEADLINE)]
     print("| " + " | ".join(str(cell) for cell in cells) + " |")
+    agreement = cross_view_agreement(settings.data_dir)
+    if agreement:
+        medians = np.array([scene["median_m"] for scene in agreement.values()])
+        worst = sorted(agreement.items(), key=lambda item: -item[1]["median_m"])[:3]
+        print(
+            f"\nviews of one scene in world space: {len(agreement)} scenes with two shipped views seeing an object in common; per-scene median distance of co-visible "
+            f"shipped points to the other view's: median {1000 * np.median(medians):.1f} mm, 90th percentile {1000 * np.quantile(medians, 0.9):.1f} mm, "
+            f"under 1 cm in {np.mean(medians < 0.01):.0%} of scenes; worst: " + ", ".join(f"{name} ({'/'.join(s['cameras'])}) {1000 * s['median_m']:.1f} mm" for name, s in worst)
+        )
     return {"scenes": len(scenes), "views": views, "render": timing, "stage_seconds_per_view": {k: v / views for k, v in stage_seconds.items()},
-            "distributions": {k: dict(v) for k, v in drawn.items()}, "by_movement": outcomes, "evaluation": summary}  # fmt: skip
+            "distributions": {k: dict(v) for k, v in drawn.items()}, "by_movement": outcomes, "evaluation": summary, "cross_view_agreement": agreement}  # fmt: skip
 
 
 def main() -> None:
