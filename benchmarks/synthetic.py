@@ -181,18 +181,21 @@ def _covisible_distances(first: dict, second: dict, t: int) -> list[float]:
 
 
 def cross_view_agreement(data_dir: Path) -> dict:
-    """Per scene with two or more shipped views (the first two): the median world distance of co-visible shipped points."""
-    views: dict[str, list[dict]] = defaultdict(list)
-    for tar in sorted((data_dir / "shards").glob("*.tar")):
-        for key, members in read_samples(tar).items():
-            view = _shipped_view(data_dir, tar, key, members)
-            views[view["meta"]["scene_id"]].append(view)
+    """Per scene with two or more shipped views (the first two): the median world distance of co-visible shipped points.
+    A scene's views share a shard; one scene's arrays are in memory at a time."""
     per_scene = {}
-    for scene, shipped in views.items():
-        if len(shipped) >= 2:
-            distances = [d for first, second in (shipped[:2], shipped[1::-1]) for t in range(1, FRAME_COUNT, 3) for d in _covisible_distances(first, second, t)]
+    for tar in sorted((data_dir / "shards").glob("*.tar")):
+        keys_of_scene: dict[str, list[str]] = defaultdict(list)
+        samples = read_samples(tar)
+        for key, members in samples.items():
+            keys_of_scene[json.loads(members["json"]).get("scene_id")].append(key)
+        for scene, keys in keys_of_scene.items():
+            if len(keys) < 2:
+                continue
+            shipped = [_shipped_view(data_dir, tar, key, samples[key]) for key in keys[:2]]
+            distances = [d for first, second in (shipped, shipped[::-1]) for t in range(1, FRAME_COUNT, 3) for d in _covisible_distances(first, second, t)]
             if distances:
-                per_scene[scene] = {"cameras": [v["meta"]["source"]["camera"] for v in shipped[:2]], "median_m": float(np.median(distances))}
+                per_scene[scene] = {"cameras": [view["meta"]["source"]["camera"] for view in shipped], "median_m": float(np.median(distances))}
     return per_scene
 
 
