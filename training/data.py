@@ -37,9 +37,9 @@ View pairs (`make_view_pair_loader`): the views of a synchronized camera rig (`p
 share a shard, in camera order, and carry `scene_id` / `camera_id`. Each epoch the pair stream takes,
 shard by shard (a new shard order per epoch), one seeded random pair of two different views of every
 scene with at least two, and shuffles the pairs with the same seeded buffer. A batch is {"a": ..., "b": ...},
-each a batch of the layout above (the same frame indices for both views) plus "extrinsics" (B,T,4,4) and
-"frame_intrinsics" (B,T,3,3) float32 of those frames, and "scene_id", "camera_id". Point maps stay in
-each view's camera space; `extrinsics` take both to the shared world frame.
+each a batch of the layout above (the same frame indices for both views; "intrinsics" is that view's K per
+frame) plus "extrinsics" (B,T,4,4) float32 world->camera of those frames, "scene_id" and "camera_id". Point
+maps stay in each view's camera space; `extrinsics` take both to the shared world frame.
 
 Resume: the stream is a function of (shards, seed, synthetic_mix, cameras, balance_cameras, shuffle_buffer) only, so a run that
 has consumed n samples resumes exactly with the same seed and `skip=n` (skipped samples are not
@@ -258,13 +258,12 @@ def decode_sample(raw: dict, frames: int, height: int, width: int, depth_max: fl
 
 
 def decode_view(raw: dict, frames: int, height: int, width: int, depth_max: float) -> dict:
-    """`decode_sample` plus the view's pose: world->camera extrinsics and K of the kept frames, scene and camera ids."""
+    """`decode_sample` (whose "intrinsics" are the kept frames' K) plus the view's world->camera extrinsics of those frames, scene and camera ids."""
     meta = json.loads(raw["json"])
     indices = frame_indices(frames)
     return {
         **decode_sample(raw, frames, height, width, depth_max),
         "extrinsics": torch.tensor(np.asarray(meta["extrinsics"])[indices], dtype=torch.float32),
-        "frame_intrinsics": torch.tensor(np.asarray(meta["frame_intrinsics"])[indices], dtype=torch.float32),
         "scene_id": meta["scene_id"],
         "camera_id": meta["camera_id"],
     }
