@@ -221,13 +221,14 @@ def synth_command(args) -> int:
     from pointvid_pipeline.storage.stage_store import atomic_write_bytes
     from pointvid_pipeline.synthetic.generator import generate_scenes
 
-    scenes = generate_scenes(args.count, args.seed)
+    scenes = generate_scenes(args.count, args.seed, args.cameras)
     text = "[\n" + ",\n".join(json.dumps(scene) for scene in scenes) + "\n]\n"
     if args.out is None:
         sys.stdout.write(text)
         return 0
     atomic_write_bytes(Path(args.out), text.encode())
-    print(f"{len(scenes)} scenes: {args.out} (curate with: pointvid run --scenes {args.out})", file=sys.stderr)
+    views = f", {len(scenes) * args.cameras} views" if args.cameras > 1 else ""
+    print(f"{len(scenes)} scenes{views}: {args.out} (curate with: pointvid run --scenes {args.out})", file=sys.stderr)
     return 0
 
 
@@ -267,14 +268,19 @@ def main(argv: list[str] | None = None) -> int:
     synth_parser.add_argument("--count", type=positive_int, required=True, help="how many scenes")
     synth_parser.add_argument("--seed", type=int, default=0, help="the same seed and count give the same specs (default 0)")
     synth_parser.add_argument("--out", help="JSON file to write (default: stdout)")
+    synth_parser.add_argument("--cameras", type=positive_int, default=1, help="cameras per scene: K > 1 makes every scene a synchronized rig of K programs with different movements, one sample per view (default 1)")
     args = parser.parse_args(argv)
     manifest = getattr(args, "manifest", None)
     if manifest and "://" not in manifest and not Path(manifest).is_file():  # URLs are checked when read
         parser.error(f"--manifest {manifest}: no such file")
+    from pointvid_pipeline.synthetic.cameras import MAX_RIG_CAMERAS
+
+    if args.command == "synth" and args.cameras > MAX_RIG_CAMERAS:
+        parser.error(f"--cameras {args.cameras}: a rig has at most {MAX_RIG_CAMERAS} cameras (one per movement of the taxonomy)")
     scenes = getattr(args, "scenes", None)
     if scenes and not Path(scenes).is_file():
         parser.error(f"--scenes {scenes}: no such file")
-    for option, folder in (("--data-dir", getattr(args, "data_dir", None)), ("--out", getattr(args, "out", None))):
+    for option, folder in (("--data-dir", getattr(args, "data_dir", None)), ("--out", getattr(args, "out", None) if args.command != "synth" else None)):  # synth's --out is a file
         if folder and Path(folder).exists() and not Path(folder).is_dir():
             parser.error(f"{option} {folder}: is a file, not a folder")
     try:

@@ -34,6 +34,7 @@ class SceneTruth:
     track_uvd: np.ndarray  # (T, H, W, 3) float32: where each frame-0 pixel is at frame t (u, v, depth)
     track_visible: np.ndarray  # (T, H, W) bool: that pixel's surface point is visible at frame t
     intrinsics: np.ndarray | None = None  # (T, 3, 3) float64 K of every frame (a zooming camera changes it); None = the clip's K throughout
+    object_poses: np.ndarray | None = None  # (T, K, 4, 4) float64 body -> world of object k + 1: the world-frame object tracks every view of a scene shares
 
 
 @dataclass

@@ -80,6 +80,7 @@ class Sample:
                 track_uvd=data["truth_track_uvd"],
                 track_visible=data["truth_track_visible"],
                 intrinsics=data["frame_intrinsics"],
+                object_poses=data.get("truth_object_poses"),
             )
         return Clip(self.key, data["frames"], self.meta["caption"], data["intrinsics"], self.meta["source"], truth)
 
@@ -129,9 +130,9 @@ def _clips(sample: Sample, settings: PipelineSettings, backends: StageBackends) 
     if not row.caption.strip():
         raise SampleRejected(RejectionReason.missing_caption, "caption is empty")
     if row.is_synthetic:
-        from pointvid_pipeline.synthetic.scenes import read_scenes, render_scene
+        from pointvid_pipeline.synthetic.scenes import scene_view
 
-        clip = render_scene(next(spec for name, spec in read_scenes(settings.scenes) if name == row.scene))
+        clip = scene_view(settings.scenes, row.scene, row.view)
         backend = f"pybullet-tinyrenderer@{clip.source.get('pybullet_version', '')}"
     else:
         from pointvid_pipeline.stages.clips import decode_clip
@@ -150,7 +151,8 @@ def _clips(sample: Sample, settings: PipelineSettings, backends: StageBackends) 
             truth_track_uvd=truth.track_uvd,
             truth_track_visible=truth.track_visible,
         )
-        meta["truth_object_names"] = truth.object_names
+        arrays["truth_object_poses"] = truth.object_poses
+        meta.update(truth_object_names=truth.object_names, scene_id=row.scene, camera_id=row.view)
     meta["backends"] = {"clips": backend}
     return arrays, meta
 
@@ -359,7 +361,8 @@ def _manifest_rows(uri: str, version: str, fallback_encoding: str) -> tuple[Inpu
 
 
 def input_rows(settings: PipelineSettings) -> list[InputRow]:
-    """The rows of the configured manifest, or of the synthetic scenes (`settings.scenes` or the embedded ones).
+    """The rows of the configured manifest, or of the synthetic scenes (`settings.scenes` or the embedded ones):
+    one row per camera of a scene, all the views of a scene in a row.
 
     A manifest is parsed once per process and version (every stage and sensor tick asks again;
     a 70K-row manifest takes seconds to parse).
@@ -368,7 +371,13 @@ def input_rows(settings: PipelineSettings) -> list[InputRow]:
         return list(_manifest_rows(settings.manifest, manifest_version(settings.manifest), settings.manifest_encoding))
     from pointvid_pipeline.synthetic.scenes import read_scenes, scene_caption
 
-    return synthetic_rows([(name, spec if isinstance(spec, str) else None, "" if isinstance(spec, str) else scene_caption(spec)) for name, spec in read_scenes(settings.scenes)])
+    views = []
+    for name, spec in read_scenes(settings.scenes):
+        if isinstance(spec, str):
+            views.append((name, name, 0, spec, ""))
+        else:
+            views += [(key, name, camera, None, scene_caption(spec, camera)) for camera, key in enumerate(spec.view_keys)]
+    return synthetic_rows(views)
 
 
 def partition_rows(settings: PipelineSettings) -> dict[str, list[InputRow]]:

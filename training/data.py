@@ -33,6 +33,14 @@ the synthetic stream draws each sample from a uniformly chosen movement class (o
 ten), so rare classes are seen as often as common ones; a class with no sample drops out with a warning.
 Balancing needs `synthetic_mix` (1.0 = synthetic only).
 
+View pairs (`make_view_pair_loader`): the views of a synchronized camera rig (`pointvid synth --cameras K`)
+share a shard, in camera order, and carry `scene_id` / `camera_id`. Each epoch the pair stream takes,
+shard by shard (a new shard order per epoch), one seeded random pair of two different views of every
+scene with at least two, and shuffles the pairs with the same seeded buffer. A batch is {"a": ..., "b": ...},
+each a batch of the layout above (the same frame indices for both views; "intrinsics" is that view's K per
+frame) plus "extrinsics" (B,T,4,4) float32 world->camera of those frames, "scene_id" and "camera_id". Point
+maps stay in each view's camera space; `extrinsics` take both to the shared world frame.
+
 Resume: the stream is a function of (shards, seed, synthetic_mix, cameras, balance_cameras, shuffle_buffer) only, so a run that
 has consumed n samples resumes exactly with the same seed and `skip=n` (skipped samples are not
 decoded). That is exact for num_workers = 0 (the tiny config). With num_workers > 0 the shards are
@@ -117,6 +125,32 @@ def shuffled_epochs(urls: list[str], keep: Callable[[dict], bool], buffer: int, 
         for raw in wds.shuffle(buffer, initial=buffer, rng=rng)(filter(keep, tar_samples(order))):
             found = True
             yield raw
+        if not found:
+            return
+
+
+def scene_views(raws: Iterator[dict]) -> Iterator[list[dict]]:
+    """Runs of consecutive raw samples of one scene (a rig's views follow each other in a shard); a sample without scene_id runs alone."""
+    run: list[dict] = []
+    for raw in raws:
+        scene = json.loads(raw["json"]).get("scene_id")
+        if run and (scene is None or json.loads(run[-1]["json"]).get("scene_id") != scene):
+            yield run
+            run = []
+        run.append(raw)
+    if run:
+        yield run
+
+
+def view_pair_epochs(urls: list[str], buffer: int, rng: random.Random) -> Iterator[tuple[dict, dict]]:
+    """Per epoch, one random pair of different views of every multi-view scene, shuffled; ends only if the shards hold no such scene."""
+    while True:
+        found = False
+        order = rng.sample(urls, len(urls))
+        pairs = (tuple(rng.sample(views, 2)) for views in scene_views(tar_samples(order)) if len(views) >= 2)
+        for pair in wds.shuffle(buffer, initial=buffer, rng=rng)(pairs):
+            found = True
+            yield pair
         if not found:
             return
 
@@ -223,6 +257,24 @@ def decode_sample(raw: dict, frames: int, height: int, width: int, depth_max: fl
     }
 
 
+def decode_view(raw: dict, frames: int, height: int, width: int, depth_max: float) -> dict:
+    """`decode_sample` (whose "intrinsics" are the kept frames' K) plus the view's world->camera extrinsics of those frames, scene and camera ids."""
+    meta = json.loads(raw["json"])
+    indices = frame_indices(frames)
+    return {
+        **decode_sample(raw, frames, height, width, depth_max),
+        "extrinsics": torch.tensor(np.asarray(meta["extrinsics"])[indices], dtype=torch.float32),
+        "scene_id": meta["scene_id"],
+        "camera_id": meta["camera_id"],
+    }
+
+
+def worker_shards(urls: list[str]) -> tuple[int, int, list[str]]:
+    """(this DataLoader worker's id, how many workers there are, the shards it reads)."""
+    worker = get_worker_info()
+    return (worker.id, worker.num_workers, list(wds.split_by_worker(urls))) if worker else (0, 1, list(urls))
+
+
 class PointVidStream(IterableDataset):
     """The endless, seeded sample stream of `make_loader` (one per DataLoader worker)."""
 
@@ -242,9 +294,7 @@ class PointVidStream(IterableDataset):
 
     def raw_samples(self) -> Iterator[dict]:
         """Undecoded samples in stream order, after mixing, shuffling and `skip`."""
-        worker = get_worker_info()
-        worker_id, workers = (worker.id, worker.num_workers) if worker else (0, 1)
-        urls = list(wds.split_by_worker(self.urls))
+        worker_id, workers, urls = worker_shards(self.urls)
         if not urls:  # more workers than shards: this one idles
             return
 
@@ -302,3 +352,29 @@ def make_loader(
         raise ValueError(f"no shards in {shards!r}")
     dataset = PointVidStream(urls, frames, height, width, depth_max, synthetic_mix, seed, shuffle_buffer, skip, rank, processes, batch_size, cameras, balance_cameras)
     return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+
+
+class ViewPairStream(IterableDataset):
+    """The endless, seeded stream of view pairs of `make_view_pair_loader` (module docstring)."""
+
+    def __init__(self, urls: list[str], frames: int, height: int, width: int, depth_max: float, seed: int, shuffle_buffer: int, skip: int):
+        frame_indices(frames)  # raises early on an impossible frame count
+        self.urls, self.frames, self.height, self.width, self.depth_max = urls, frames, height, width, depth_max
+        self.seed, self.shuffle_buffer, self.skip = seed, shuffle_buffer, skip
+
+    def __iter__(self) -> Iterator[dict]:
+        worker_id, workers, urls = worker_shards(self.urls)
+        if not urls:  # more workers than shards: this one idles
+            return
+        pairs = view_pair_epochs(urls, self.shuffle_buffer, random.Random(f"pointvid/{self.seed}/{worker_id}/view-pairs"))
+        for first, second in itertools.islice(pairs, self.skip // workers, None):
+            yield {"a": decode_view(first, self.frames, self.height, self.width, self.depth_max), "b": decode_view(second, self.frames, self.height, self.width, self.depth_max)}
+        raise ValueError(f"no scene with two views in {urls}: render rigs with pointvid synth --cameras K")
+
+
+def make_view_pair_loader(shards: str | list[str], frames: int, height: int, width: int, batch_size: int, depth_max: float, seed: int, num_workers: int = 0, shuffle_buffer: int = 64, skip: int = 0) -> DataLoader:
+    """Endless DataLoader of pairs of synchronized views of one scene (module docstring); resume with the same seed and skip = pairs consumed."""
+    urls = expand_shards(shards)
+    if not urls:
+        raise ValueError(f"no shards in {shards!r}")
+    return DataLoader(ViewPairStream(urls, frames, height, width, depth_max, seed, shuffle_buffer, skip), batch_size=batch_size, num_workers=num_workers)

@@ -10,7 +10,7 @@ from pointvid_pipeline.storage.publish import join_uri, publish_file
 from pointvid_pipeline.storage.shard_format import CHECKS, SCHEMA_VERSION, encode_mp4, file_md5, npz_bytes, pack_points, png_bytes, sample_members, verify_shard, write_tar
 from pointvid_pipeline.storage.stage_store import StageStore, atomic_path, atomic_write_json
 
-SAMPLE_JSON_FIELDS = ("caption", "objects", "synthetic", "intrinsics", "source", "backends", "stats", "kalman", "query_sampling", "densification", "gate", "row")
+SAMPLE_JSON_FIELDS = ("caption", "objects", "synthetic", "scene_id", "camera_id", "intrinsics", "source", "backends", "stats", "kalman", "query_sampling", "densification", "gate", "row")
 DEPTH_CONVENTION = {"quantity": "camera-space z (along the optical axis)", "units": "metres", "camera": "OpenCV pinhole: x right, y down, z forward"}
 
 
@@ -48,6 +48,7 @@ def write_partition_shard(partition: str, settings: PipelineSettings, storage_op
             "depth": DEPTH_CONVENTION,
             "extrinsics": clip["truth_extrinsics"].tolist() if "truth_extrinsics" in clip else None,
             "frame_intrinsics": clip["frame_intrinsics"].tolist(),
+            "object_poses": clip["truth_object_poses"].tolist() if "truth_object_poses" in clip else None,
         }
         sample = sample_members(key, encode_mp4(frames, meta["source"].get("fps") or 16), npz_bytes(points), png_bytes(labels), sample_meta)
         members += sample

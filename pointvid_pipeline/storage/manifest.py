@@ -72,6 +72,7 @@ class InputRow:
     caption: str
     video: str | None = None  # URI of a real video
     scene: str | None = None  # name of a synthetic scene spec
+    view: int | None = None  # which camera of the scene (0 unless the scene is a rig)
     start: float | None = None
     end: float | None = None
     row: int = 0  # position in the manifest, for the ledger
@@ -80,6 +81,11 @@ class InputRow:
     @property
     def is_synthetic(self) -> bool:
         return self.scene is not None
+
+    @property
+    def group(self) -> str:
+        """Rows that must share a shard: the views of one synthetic scene; any other row stands alone."""
+        return self.scene if self.scene is not None else self.key
 
     def to_json(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -104,9 +110,9 @@ def shard_key(index: int) -> str:
     return f"shard-{index:05d}"
 
 
-def synthetic_rows(scenes: list[tuple[str, str | None, str]]) -> list[InputRow]:
-    """Rows of (scene name, why the spec is invalid or None, caption)."""
-    return [InputRow(key=name, caption=caption, scene=name, row=i, error=error) for i, (name, error, caption) in enumerate(scenes)]
+def synthetic_rows(views: list[tuple[str, str, int, str | None, str]]) -> list[InputRow]:
+    """Rows of (sample key, scene name, camera of the scene, why the spec is invalid or None, caption)."""
+    return [InputRow(key=key, caption=caption, scene=name, view=view, row=i, error=error) for i, (key, name, view, error, caption) in enumerate(views)]
 
 
 def read_manifest(uri: str, fallback_encoding: str = MANIFEST_FALLBACK_ENCODING) -> list[InputRow]:

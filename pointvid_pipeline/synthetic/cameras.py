@@ -51,6 +51,7 @@ MOVEMENTS: dict[str, Movement] = {
     "orbit": Movement("degrees of azimuth, counterclockwise seen from above", 30.0, ("arc-counterclockwise", "arc-clockwise"), ("while the camera slowly orbits the scene", "while the camera slowly orbits the scene")),
 }
 SIGNED_DEFAULTS = ("truck", "pan", "spin", "orbit")  # movements whose default direction is drawn (the others move in / up)
+MAX_RIG_CAMERAS = len(MOVEMENTS)  # a rig's views are rendered together and held in memory (about 45 MB each)
 
 
 @dataclass(frozen=True)

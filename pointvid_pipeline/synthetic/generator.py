@@ -1,8 +1,13 @@
 """`pointvid synth`: draw N scene specs from the documented distributions (docs/synthetic_scenes.md).
 
-Seeded and deterministic: the same (count, seed) gives the same JSON. Camera movements are drawn
+Seeded and deterministic: the same (count, seed, cameras) gives the same JSON. Camera movements are drawn
 stratified (every block of len(MOVEMENTS) scenes holds each movement once, in a shuffled order), so
 any count of at least len(MOVEMENTS) contains every class of the taxonomy.
+
+With `cameras` K > 1 every scene is a synchronized rig of K cameras. The scenes and their first camera
+are exactly those of K = 1 (the extra cameras come from a second random stream seeded by (seed, 1));
+camera k of a block of scenes takes the block's movement order turned by an offset drawn per block, the
+K offsets distinct, so the cameras of one scene move differently and every camera index is stratified too.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from pointvid_pipeline.stages.object_prompts import LexicalObjectExtractor
-from pointvid_pipeline.synthetic.cameras import FOCUS_HEIGHTS, MOVEMENTS
+from pointvid_pipeline.synthetic.cameras import FOCUS_HEIGHTS, MAX_RIG_CAMERAS, MOVEMENTS
 from pointvid_pipeline.synthetic.scenes import COLOURS, FLOORS, MOTIONS, OBJECT_KINDS, SIZES, TEXTURES, SceneSpec
 
 VALUE_RANGES = {  # movement -> (low, high) of |value|; the sign is drawn for the movements that have one
@@ -30,6 +35,7 @@ ELEVATION_DEG, DISTANCE_M, HFOV_DEG_RANGE = (40.0, 55.0), (1.0, 1.3), (44.0, 56.
 EXTRA_DISTANCE_PER_OBJECT, EXTRA_DISTANCE_ONE_SUBJECT = 0.1, 0.15  # metres beyond two objects / when the view centres on one object
 LIGHT_RANGES = {"elevation_deg": (35.0, 85.0), "temperature_k": (2700.0, 7500.0), "intensity": (0.2, 0.6), "ambient": (0.35, 0.7)}
 BACKDROP_PROBABILITY = 0.4
+RIG_STREAM = 1  # the extra cameras of a rig are drawn from default_rng((seed, RIG_STREAM))
 
 
 def _kind_names() -> dict[str, str]:
@@ -82,21 +88,39 @@ def _draw_light(rng: np.random.Generator) -> dict:
     return light
 
 
-def generate_scenes(count: int, seed: int) -> list[dict]:
-    """`count` scene spec dicts (SceneSpec.from_dict accepts each), named gen<seed>_<index>_<motion>_<movement>."""
-    rng = np.random.default_rng(seed)
+def _rig_movements(first: list[str], cameras: int, rng: np.random.Generator) -> list[list[str]]:
+    """Per scene, the movements of its `cameras` cameras: the first camera's, then the same block order turned by distinct offsets."""
+    classes = len(MOVEMENTS)
+    rigs = []
+    for block in range(0, len(first), classes):
+        order = list(first[block : block + classes])
+        order += [m for m in MOVEMENTS if m not in order]  # a last, partial block: its order, then the movements it lacks
+        offsets = [0, *(int(k) for k in rng.choice(np.arange(1, classes), cameras - 1, replace=False))]
+        rigs += [[order[(i + offset) % classes] for offset in offsets] for i in range(min(classes, len(first) - block))]
+    return rigs
+
+
+def generate_scenes(count: int, seed: int, cameras: int = 1) -> list[dict]:
+    """`count` scene spec dicts (SceneSpec.from_dict accepts each), named gen<seed>_<index>_<motion>_<movement>;
+    with `cameras` > 1 each is a rig of that many programs (a list) and is named gen<seed>_<index>_<motion>_rig."""
+    if not 1 <= cameras <= MAX_RIG_CAMERAS:
+        raise ValueError(f"cameras must be in [1, {MAX_RIG_CAMERAS}], got {cameras}")
+    rng, rig_rng = np.random.default_rng(seed), np.random.default_rng((seed, RIG_STREAM))
     names = _kind_names()
     movements = [str(m) for _ in range(-(-count // len(MOVEMENTS))) for m in rng.permutation(list(MOVEMENTS))][:count]
+    rigs = _rig_movements(movements, cameras, rig_rng)
     scenes = []
     for index, movement in enumerate(movements):
         motion = str(rng.choice(MOTIONS))
         objects = _draw_objects(motion, rng, names)
+        scene_seed = int(rng.integers(2**31))
+        camera = _draw_camera(movement, len(objects), rng)
         spec = {
-            "name": f"gen{seed}_{index:05d}_{motion}_{movement}",
-            "seed": int(rng.integers(2**31)),
+            "name": f"gen{seed}_{index:05d}_{motion}_{movement if cameras == 1 else 'rig'}",
+            "seed": scene_seed,
             "objects": objects,
             "motion": motion,
-            "camera": _draw_camera(movement, len(objects), rng),
+            "camera": camera if cameras == 1 else [camera, *(_draw_camera(m, len(objects), rig_rng) for m in rigs[index][1:])],
             "floor": str(rng.choice(list(FLOORS))),
             "background": str(rng.choice(list(COLOURS))) if rng.random() < BACKDROP_PROBABILITY else None,
             "light": _draw_light(rng),

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging
 import re
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -41,8 +43,9 @@ from pointvid_pipeline.clip import (
     project,
     unproject,
 )
-from pointvid_pipeline.synthetic.cameras import FOCUS_FRACTIONS, FOCUS_HEIGHTS, HFOV_DEG, MOVEMENTS, SIGNED_DEFAULTS, CameraProgram, camera_pose, intrinsics_for_hfov
+from pointvid_pipeline.synthetic.cameras import FOCUS_FRACTIONS, FOCUS_HEIGHTS, HFOV_DEG, MAX_RIG_CAMERAS, MOVEMENTS, SIGNED_DEFAULTS, CameraProgram, camera_pose, intrinsics_for_hfov
 
+log = logging.getLogger(__name__)
 SCENES_DIR = Path(__file__).resolve().parents[2] / "assets" / "scenes"
 DEFAULT_SCENES_PATH = SCENES_DIR / "default_scenes.json"
 
@@ -193,16 +196,17 @@ def kelvin_to_rgb(kelvin: float) -> np.ndarray:
 class SceneSpec:
     """One synthetic scene; everything not written here is drawn from `seed`.
 
-    objects: kind names or {"kind", "size", "colour", "texture"} dicts; camera: a movement name or a
-    camera program dict (synthetic/cameras.py); background: None (open floor) or a colour name for a
-    backdrop wall; light: None (the renderer's default light) or a Light dict.
+    objects: kind names or {"kind", "size", "colour", "texture"} dicts; camera: a movement name, a
+    camera program dict (synthetic/cameras.py), or a list of them: a synchronized rig filming one
+    simulation (objects are laid out across the first camera's view); background: None (open floor)
+    or a colour name for a backdrop wall; light: None (the renderer's default light) or a Light dict.
     """
 
     name: str
     seed: int
     objects: list[str | dict]
     motion: str
-    camera: str | dict
+    camera: str | dict | list[str | dict]
     floor: str = "blue_checker"
     background: str | None = None
     light: dict | None = None
@@ -219,7 +223,10 @@ class SceneSpec:
             raise ValueError(f"scene {spec.name}: unknown motion/floor/background in {asdict(spec)}")
         if spec.motion == "topple" and not all(OBJECT_KINDS[o.kind].stacks for o in objects):
             raise ValueError(f"scene {spec.name}: only stackable kinds topple, got {[o.kind for o in objects]}")
-        spec.resolve_camera(spec.seed_rig())  # raises on a bad program
+        if isinstance(spec.camera, list) and not 1 <= len(spec.camera) <= MAX_RIG_CAMERAS:
+            raise ValueError(f"scene {spec.name}: a rig has 1-{MAX_RIG_CAMERAS} cameras, got {len(spec.camera)}")
+        if any(program.subject is not None and not 0 <= program.subject < len(objects) for program in spec.resolve_cameras(spec.seed_rig())):  # raises on a bad program
+            raise ValueError(f"scene {spec.name}: a camera's subject is not one of its {len(objects)} objects")
         if spec.light is not None:
             Light(**spec.light)
         return spec
@@ -229,12 +236,20 @@ class SceneSpec:
         return [SceneObject.from_spec(entry) for entry in self.objects]
 
     def seed_rig(self) -> CameraRig:
-        """The seed's first draw, as `render_scene` makes it."""
+        """The seed's first draw, as `render_views` makes it."""
         return CameraRig.draw(np.random.default_rng(self.seed))
 
-    def resolve_camera(self, rig: CameraRig) -> CameraProgram:
-        """The camera program with what the spec leaves out taken from the seed's rig (and legacy defaults)."""
-        fields = {"movement": self.camera} if isinstance(self.camera, str) else dict(self.camera)
+    @property
+    def view_keys(self) -> list[str]:
+        """Sample key of every camera: the scene name for one camera, `<name>_cam<k>` for each camera of a rig."""
+        return [f"{self.name}_cam{k}" for k in range(len(self.camera))] if isinstance(self.camera, list) else [self.name]
+
+    def resolve_cameras(self, rig: CameraRig) -> list[CameraProgram]:
+        """Every camera's program, with what the spec leaves out taken from the seed's rig (and legacy defaults)."""
+        return [self._resolve_camera(entry, rig) for entry in (self.camera if isinstance(self.camera, list) else [self.camera])]
+
+    def _resolve_camera(self, entry: str | dict, rig: CameraRig) -> CameraProgram:
+        fields = {"movement": entry} if isinstance(entry, str) else dict(entry)
         movement = fields.pop("movement")
         if movement not in MOVEMENTS:
             raise ValueError(f"scene {self.name}: camera movement {movement!r} not in {sorted(MOVEMENTS)}")
@@ -270,10 +285,10 @@ def load_default_scenes(path: str | Path | None = None) -> list[SceneSpec]:
     return [spec for _, spec in scenes]
 
 
-def scene_caption(spec: SceneSpec) -> str:
-    """Fine-grained caption naming every object by size, colour and kind, its motion, floor, backdrop, light and camera,
-    after the special tags <synthetic> and <camera-MOVEMENT>."""
-    program = spec.resolve_camera(spec.seed_rig())
+def scene_caption(spec: SceneSpec, camera: int = 0) -> str:
+    """Fine-grained caption naming every object by size, colour and kind, its motion, floor, backdrop, light and camera
+    (of a rig: camera number `camera`), after the special tags <synthetic> and <camera-MOVEMENT>."""
+    program = spec.resolve_cameras(spec.seed_rig())[camera]
     names = [obj.caption for obj in spec.scene_objects]
     listed = ", ".join(names[:-1]) + " and " + names[-1]
     setting = FLOORS[spec.floor][2]
@@ -598,52 +613,106 @@ def render_view(
     return rgb, depth.astype(np.float32), np.reshape(segmentation, (height, width))
 
 
-def render_scene(
-    spec: SceneSpec, frame_count: int = FRAME_COUNT, width: int = FRAME_WIDTH, height: int = FRAME_HEIGHT
-) -> Clip:
-    """Simulate and render one scene with exact ground truth; deterministic in `spec`.
+def render_scene(spec: SceneSpec, frame_count: int = FRAME_COUNT, width: int = FRAME_WIDTH, height: int = FRAME_HEIGHT) -> Clip:
+    """The one view of a single-camera spec (a rig's views: `render_views`)."""
+    if isinstance(spec.camera, list):
+        raise TypeError(f"scene {spec.name} is a rig of {len(spec.camera)} cameras: render it with render_views")
+    return render_views(spec, frame_count, width, height)[0]
 
-    The camera is placed frame by frame, after the physics step, so a follow focus and a following
-    camera see where the subject is now; a zoom gives every frame its own intrinsics.
+
+@dataclass
+class _View:
+    """One camera of a rendering in progress: its program, where it aims, and the arrays it fills frame by frame."""
+
+    program: CameraProgram
+    subjects: list[int]  # bodies whose middle the focus and a following camera use
+    anchor: np.ndarray  # the focus point at frame 0
+    start: np.ndarray  # the subjects' middle at frame 0
+    frames: np.ndarray
+    depth: np.ndarray
+    masks: np.ndarray
+    extrinsics: np.ndarray
+    intrinsics: np.ndarray
+
+
+def render_views(spec: SceneSpec, frame_count: int = FRAME_COUNT, width: int = FRAME_WIDTH, height: int = FRAME_HEIGHT) -> list[Clip]:
+    """Simulate a scene once and render it from each of its cameras, with exact ground truth; deterministic in `spec`.
+
+    Every camera films the same simulation: the physics is stepped once per frame, then each camera is
+    placed (after the step, so a follow focus and a following camera see where the subject is now; a zoom
+    gives every frame its own intrinsics) and renders. The views share the objects' world poses. The time it took
+    (simulation, rendering and ground truth) is logged at DEBUG with `extra={"render": {"scene", "views", "seconds"}}`.
     """
+    started = time.perf_counter()
     rng = np.random.default_rng(spec.seed)
-    frames = np.empty((frame_count, height, width, 3), np.uint8)
-    depth = np.empty((frame_count, height, width), np.float32)
-    masks = np.empty((frame_count, height, width), np.int32)
-    poses = np.empty((frame_count, len(spec.objects), 4, 4))
-    extrinsics = np.empty((frame_count, 4, 4))
-    intrinsics = np.empty((frame_count, 3, 3))
     light = Light(**spec.light) if spec.light is not None else None
+    poses = np.empty((frame_count, len(spec.objects), 4, 4))
     client = p.connect(p.DIRECT)
     try:
         drawn = CameraRig.draw(rng)
-        program = spec.resolve_camera(drawn)
-        rig = replace(drawn, azimuth=program.azimuth, elevation=program.elevation, distance=program.distance)  # objects are laid out across this camera's view
+        programs = spec.resolve_cameras(drawn)
+        rig = replace(drawn, azimuth=programs[0].azimuth, elevation=programs[0].elevation, distance=programs[0].distance)  # objects are laid out across the first camera's view
         bodies = _build_scene(spec, rig, rng, client)
-        subjects = bodies if program.subject is None else [bodies[program.subject]]
-        anchor, start = _focus_point(program, bodies, client), _objects_centre(subjects, client)
+        views = []
+        for program in programs:
+            subjects = bodies if program.subject is None else [bodies[program.subject]]
+            views.append(_View(
+                program, subjects, _focus_point(program, bodies, client), _objects_centre(subjects, client),
+                np.empty((frame_count, height, width, 3), np.uint8), np.empty((frame_count, height, width), np.float32),
+                np.empty((frame_count, height, width), np.int32), np.empty((frame_count, 4, 4)), np.empty((frame_count, 3, 3)),
+            ))  # fmt: skip
         label_of_body = np.zeros(p.getNumBodies(physicsClientId=client) + 1, np.int32)  # index -1 (no geometry) and the scenery map to 0
         label_of_body[bodies] = np.arange(1, len(bodies) + 1)
         for t, s in enumerate(np.linspace(0.0, 1.0, frame_count)):
             if t > 0:
                 for _ in range(SUBSTEPS_PER_FRAME):
                     p.stepSimulation(physicsClientId=client)
-            aim = _focus_point(program, bodies, client) if program.focus == "follow" else anchor
-            travel = np.append((_objects_centre(subjects, client) - start)[:2], 0.0)
-            extrinsics[t], intrinsics[t] = camera_pose(program, s, anchor, aim, travel, width, height)
-            frames[t], depth[t], segmentation = render_view(extrinsics[t], intrinsics[t], width, height, client, light)
-            masks[t] = label_of_body[segmentation]
+            for view in views:
+                aim = _focus_point(view.program, bodies, client) if view.program.focus == "follow" else view.anchor
+                travel = np.append((_objects_centre(view.subjects, client) - view.start)[:2], 0.0)
+                view.extrinsics[t], view.intrinsics[t] = camera_pose(view.program, s, view.anchor, aim, travel, width, height)
+                view.frames[t], view.depth[t], segmentation = render_view(view.extrinsics[t], view.intrinsics[t], width, height, client, light)
+                view.masks[t] = label_of_body[segmentation]
             poses[t] = [_pose_matrix(body, client) for body in bodies]
     finally:
         p.disconnect(client)
-    track_uvd, track_visible = ground_truth_tracks(depth, masks, intrinsics, extrinsics, poses)
-    truth = SceneTruth(depth, masks, [obj.kind for obj in spec.scene_objects], extrinsics, track_uvd, track_visible, intrinsics)
+    clips = [_view_clip(spec, key, camera, view, poses) for camera, (key, view) in enumerate(zip(spec.view_keys, views))]
+    seconds = time.perf_counter() - started
+    log.debug("rendered %s: %d views in %.2f s", spec.name, len(clips), seconds, extra={"render": {"scene": spec.name, "views": len(clips), "seconds": seconds}})
+    return clips
+
+
+_waiting_views: dict[tuple, dict[int, Clip]] = {}  # the rendered views of one scene not yet asked for
+
+
+def scene_view(path: str | Path | None, name: str, camera: int) -> Clip:
+    """View `camera` of scene `name` of a scenes file (None: the shipped one), for the clips stage, one row per view.
+
+    A rig's cameras film one simulation, so the first of its rows renders every view; the others wait
+    here (one scene's views at most) for their rows, which follow in the same partition."""
+    path = Path(path or DEFAULT_SCENES_PATH)
+    stamp = (str(path.resolve()), path.stat().st_mtime_ns, name)
+    waiting = _waiting_views.get(stamp, {})
+    if camera not in waiting:
+        spec = next(spec for scene, spec in read_scenes(path) if scene == name)
+        _waiting_views.clear()
+        waiting = _waiting_views[stamp] = dict(enumerate(render_views(spec)))
+    clip = waiting.pop(camera)
+    if not waiting:
+        _waiting_views.clear()
+    return clip
+
+
+def _view_clip(spec: SceneSpec, key: str, camera: int, view: _View, poses: np.ndarray) -> Clip:
+    track_uvd, track_visible = ground_truth_tracks(view.depth, view.masks, view.intrinsics, view.extrinsics, poses)
+    truth = SceneTruth(view.depth, view.masks, [obj.kind for obj in spec.scene_objects], view.extrinsics, track_uvd, track_visible, view.intrinsics, poses)
+    program = view.program
     source = {
         "kind": "synthetic",
         "scene": spec.name,
         "seed": spec.seed,
         "camera": program.movement,
-        "camera_program": program.paper_terms(-extrinsics[0, :3, :3].T @ extrinsics[0, :3, 3]),
+        "camera_program": program.paper_terms(-view.extrinsics[0, :3, :3].T @ view.extrinsics[0, :3, 3]),
         "camera_labels": program.labels,
         "motion": spec.motion,
         "floor": spec.floor,
@@ -653,7 +722,7 @@ def render_scene(
         "pybullet_version": importlib.metadata.version("pybullet"),
         "fps": VIDEO_FPS,
     }
-    return Clip(spec.name, frames, scene_caption(spec), intrinsics[0], source, truth)
+    return Clip(key, view.frames, scene_caption(spec, camera), view.intrinsics[0], source, truth)
 
 
 def ground_truth_tracks(
