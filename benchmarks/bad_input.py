@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -229,6 +230,15 @@ def build_cases(folder: Path, servers: ExitStack) -> tuple[list[Manifest], list[
     return manifests, configuration
 
 
+# A process forked from a large one (pytest after many tests) keeps the parent's resident-set high-water mark in
+# ru_maxrss across exec, so the run is started by this small launcher, whose own wait4 measures only the run (and
+# the processes it waits for) and writes "ru_maxrss_kb exit_code" to argv[1].
+LAUNCHER = (
+    "import os, subprocess, sys; child = subprocess.Popen(sys.argv[2:]); _, status, usage = os.wait4(child.pid, 0); "
+    "open(sys.argv[1], 'w').write(f'{usage.ru_maxrss} {os.waitstatus_to_exitcode(status)}')"
+)
+
+
 def measured_run(manifest: Manifest, folder: Path) -> RunResult:
     """`pointvid run` over `manifest` in a child process; its wall time and peak resident memory (ru_maxrss from wait4)."""
     folder.mkdir(parents=True)
@@ -236,16 +246,17 @@ def measured_run(manifest: Manifest, folder: Path) -> RunResult:
     data_dir = folder / "data"
     env = {**os.environ, **RUN_ENV, **manifest.env, "PYTHONPATH": str(ROOT), "DAGSTER_HOME": str(data_dir / "dagster_home")}
     command = [sys.executable, "-m", "pointvid_pipeline.cli", "run", "--manifest", str(path), "--data-dir", str(data_dir)]
+    measured = folder / "peak_and_exit.txt"
     with open(folder / "stdout.txt", "w") as stdout, open(folder / "stderr.txt", "w") as stderr:
         started = time.perf_counter()
-        child = subprocess.Popen(command, cwd=folder, env=env, stdout=stdout, stderr=stderr)
-        watchdog = threading.Timer(RUN_TIMEOUT_S, child.kill)
+        launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(measured), *command], cwd=folder, env=env, stdout=stdout, stderr=stderr, start_new_session=True)
+        watchdog = threading.Timer(RUN_TIMEOUT_S, os.killpg, (launcher.pid, signal.SIGKILL))
         watchdog.start()
-        _, status, usage = os.wait4(child.pid, 0)
+        launcher.wait()
         watchdog.cancel()
         seconds = time.perf_counter() - started
-    child.returncode = os.waitstatus_to_exitcode(status)
-    return RunResult(child.returncode, seconds, usage.ru_maxrss / 1024, (folder / "stdout.txt").read_text(), (folder / "stderr.txt").read_text(), data_dir)
+    peak_kb, returncode = map(int, measured.read_text().split()) if measured.exists() else (0, launcher.returncode)
+    return RunResult(returncode, seconds, peak_kb / 1024, (folder / "stdout.txt").read_text(), (folder / "stderr.txt").read_text(), data_dir)
 
 
 def row_seconds(data_dir: Path, stage: str) -> dict[str, float]:
