@@ -85,6 +85,8 @@ def test_samples_without_per_frame_intrinsics_are_read_with_frame_0s_for_every_f
     meta = json.loads(shipped[ZOOM_SCENES[0]["name"]]["json"])
     for old in ({"schema_version": "1.0", "intrinsics": meta["intrinsics"]}, {**meta, "schema_version": "1.1", "frame_intrinsics": None}):
         np.testing.assert_array_equal(sample_intrinsics(old), np.broadcast_to(meta["intrinsics"], (16, 3, 3)))
+    with pytest.raises(ValueError, match="'2.0' is not one of"):
+        sample_intrinsics({**meta, "schema_version": "2.0"})
 
 
 def test_shipped_point_map_unprojected_with_per_frame_intrinsics_is_the_truth_in_metres(zoom_run, shipped):

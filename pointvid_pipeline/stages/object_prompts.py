@@ -39,7 +39,6 @@ MAX_OBJECTS = 8  # a caption naming more is a crowd scene; GroundingDINO prompts
 PLURAL_SUFFIXES = (("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"), ("men", "man"), ("s", ""), ("ies", "y"))
 DETERMINERS = {"a", "an", "the", "this", "that", "these", "those", "his", "her", "their", "its", "my", "our", "your", "'s", "some", "several", "many", "each", "every", "another", "both", "one", "two", "three", "four", "five"}
 SINGULAR_DETERMINERS = {"a", "an", "one", "this", "each", "every", "another"}
-PLURAL_DETERMINERS = {"these", "those", "some", "several", "many", "both", "two", "three", "four", "five"}
 # A noun that is also a verb is the verb right after these ("he watches", "to fly", "the camera pans").
 VERB_CUES = {"i", "you", "he", "she", "it", "we", "they", "who", "to", "can", "could", "will", "would", "should", "may", "might", "must", "does", "do", "did", "not", "camera"}
 PUNCTUATION = set(",;:.!?()")

@@ -130,7 +130,11 @@ def load_points(data: bytes) -> dict[str, np.ndarray]:
 
 def sample_intrinsics(meta: dict) -> np.ndarray:
     """(T, 3, 3) float64 K of every frame of a sample's JSON: `frame_intrinsics`, or for samples without it
-    (schema 1.0, and 1.1 real video) `intrinsics` repeated: those were written assuming one K per clip."""
+    (schema 1.0, and 1.1 real video) `intrinsics` repeated: those were written assuming one K per clip.
+    Raises ValueError for a schema this reader does not know (a newer writer's fields could mean something else)."""
+    version = meta.get("schema_version", "1.0")
+    if version not in READABLE_SCHEMA_VERSIONS:
+        raise ValueError(f"sample schema {version!r} is not one of {READABLE_SCHEMA_VERSIONS}: update pointvid_pipeline to read it")
     if meta.get("frame_intrinsics") is not None:
         return np.asarray(meta["frame_intrinsics"], np.float64)
     return per_frame_intrinsics(np.asarray(meta["intrinsics"], np.float64), meta.get("frame_size", {}).get("frames", FRAME_COUNT))
