@@ -22,7 +22,7 @@ from pointvid_pipeline.backends.registry import StageBackends
 from pointvid_pipeline.clip import Clip, SceneTruth, default_intrinsics
 from pointvid_pipeline.evaluation.track_errors import mean_abs_acceleration
 from pointvid_pipeline.rejections import TRANSIENT_REASONS, ConfigurationError, RejectionClass, RejectionReason, SampleRejected, rejection_class
-from pointvid_pipeline.settings import PipelineSettings
+from pointvid_pipeline.settings import GENERATED_SCENES, PipelineSettings
 from pointvid_pipeline.stages.depth import RendererDepth
 from pointvid_pipeline.stages.object_prompts import objects_for_caption
 from pointvid_pipeline.stages.point_maps import densify_point_map
@@ -371,6 +371,8 @@ def input_rows(settings: PipelineSettings) -> list[InputRow]:
         return list(_manifest_rows(settings.manifest, manifest_version(settings.manifest), settings.manifest_encoding))
     from pointvid_pipeline.synthetic.scenes import read_scenes, scene_caption
 
+    if settings.curates_generated_scenes and not settings.generated_scenes_path.exists():
+        raise ConfigurationError(f"POINTVID_SCENES={GENERATED_SCENES}: no scene specs at {settings.generated_scenes_path} yet; materialize the Dagster asset synthetic_scene_specs first")
     views = []
     for name, spec in read_scenes(settings.scenes):
         if isinstance(spec, str):

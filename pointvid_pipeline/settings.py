@@ -16,6 +16,8 @@ SMOOTHING_PRESETS = ("rigid-tracks", "paper")  # see stages/smoothing.py
 PROFILE_SMOOTHING = {"cpu": "rigid-tracks", "paper": "paper"}
 MANIFEST_FALLBACK_ENCODING = "cp1252"  # what Windows spreadsheets save "CSV" in; lines that are not UTF-8 are read in it
 STAGE_FILE_POLICIES = ("keep", "accepted-only", "none")  # see pipeline.retained_keys
+GENERATED_SCENES = "generated"  # POINTVID_SCENES value: the specs the Dagster asset `synthetic_scene_specs` last drew
+GENERATED_SCENES_FILE = "synthetic_scene_specs.json"  # where that asset writes them, under the data directory
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class PipelineSettings:
     manifest: CSV / TSV / JSONL / JSON / Parquet / Panda-70M table of (video, caption); None = synthetic scenes.
     manifest_encoding: how a text manifest's lines that are not UTF-8 are read (unless a UTF-16/32 byte-order mark decides).
     scenes: JSON list of synthetic scene specs (assets/scenes/default_scenes.json's format) curated when
-        there is no manifest; None = the embedded default scenes.
+        there is no manifest; None = the embedded default scenes; GENERATED_SCENES = `generated_scenes_path`.
     shard_size: clips per partition (8 for the default scenes, 64 for real manifests unless set).
     output_uri: fsspec URL that finished shards and dataset files are also published to; None = local only.
     retry_attempts, retry_backoff_s: a transient failure is tried `retry_attempts` times in all, waiting
@@ -81,6 +83,8 @@ class PipelineSettings:
     budget: RowBudget = RowBudget()
 
     def __post_init__(self):
+        if self.scenes == GENERATED_SCENES:
+            object.__setattr__(self, "scenes", str(self.generated_scenes_path))
         for variable, value, allowed in (
             ("POINTVID_SMOOTHING", self.smoothing or SMOOTHING_PRESETS[0], SMOOTHING_PRESETS),
             ("POINTVID_DENSIFICATION", self.densification, DENSIFICATION_METHODS),
@@ -118,6 +122,15 @@ class PipelineSettings:
     @property
     def effective_smoothing(self) -> str:
         return self.smoothing or PROFILE_SMOOTHING[self.profile]
+
+    @property
+    def generated_scenes_path(self) -> Path:
+        """The file the `synthetic_scene_specs` asset writes (curated with POINTVID_SCENES=generated)."""
+        return self.data_dir / GENERATED_SCENES_FILE
+
+    @property
+    def curates_generated_scenes(self) -> bool:
+        return self.manifest is None and self.scenes == str(self.generated_scenes_path)
 
     @property
     def stages_dir(self) -> Path:

@@ -7,6 +7,7 @@ from dagster import AssetSelection, Definitions, define_asset_job
 from pointvid_pipeline.dagster_defs.assets import dataset, stage_assets
 from pointvid_pipeline.dagster_defs.kubernetes import curate_shard_execution, executor_kind
 from pointvid_pipeline.dagster_defs.resources import build_resources
+from pointvid_pipeline.dagster_defs.scene_specs import synthetic_scene_specs
 from pointvid_pipeline.dagster_defs.sensors import clip_shard_partitions
 from pointvid_pipeline.settings import PipelineSettings
 
@@ -25,7 +26,7 @@ def build_definitions(settings: PipelineSettings | None = None) -> Definitions:
         tags=tags or None,
     )
     return Definitions(
-        assets=[*stage_assets, dataset],
+        assets=[synthetic_scene_specs, *stage_assets, dataset],
         jobs=[curate_shard_job, dataset_job],
         sensors=[clip_shard_partitions],
         resources=build_resources(settings),

@@ -1,6 +1,8 @@
 """`pointvid synth`: draw N scene specs from the documented distributions (docs/synthetic_scenes.md).
 
-Seeded and deterministic: the same (count, seed, cameras) gives the same JSON. Camera movements are drawn
+Seeded and deterministic: the same (count, seed, cameras) gives the same JSON. Scene names carry all three
+(gen<seed>_<count>x<cameras>_<index>_...), so two different draws never share a sample key: a data directory
+that curated one draw gives another one new shards instead of mixing two scenes under one key. Camera movements are drawn
 stratified (every block of len(MOVEMENTS) scenes holds each movement once, in a shuffled order), so
 any count of at least len(MOVEMENTS) contains every class of the taxonomy.
 
@@ -12,8 +14,11 @@ K offsets distinct, so the cameras of one scene move differently and every camer
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
+from pointvid_pipeline.rejections import ConfigurationError
 from pointvid_pipeline.stages.object_prompts import LexicalObjectExtractor
 from pointvid_pipeline.synthetic.cameras import FOCUS_HEIGHTS, MAX_RIG_CAMERAS, MOVEMENTS
 from pointvid_pipeline.synthetic.scenes import COLOURS, FLOORS, MOTIONS, OBJECT_KINDS, SIZES, TEXTURES, SceneSpec
@@ -100,11 +105,20 @@ def _rig_movements(first: list[str], cameras: int, rng: np.random.Generator) -> 
     return rigs
 
 
-def generate_scenes(count: int, seed: int, cameras: int = 1) -> list[dict]:
-    """`count` scene spec dicts (SceneSpec.from_dict accepts each), named gen<seed>_<index>_<motion>_<movement>;
-    with `cameras` > 1 each is a rig of that many programs (a list) and is named gen<seed>_<index>_<motion>_rig."""
+def _check_draw(count: int, seed: int, cameras: int) -> None:
+    """ConfigurationError (one line, naming the setting) for a draw generate_scenes cannot make."""
+    if count < 1:
+        raise ConfigurationError(f"count must be at least 1 scene, got {count}")
+    if seed < 0:
+        raise ConfigurationError(f"seed must be a whole number of at least 0, got {seed}")
     if not 1 <= cameras <= MAX_RIG_CAMERAS:
-        raise ValueError(f"cameras must be in [1, {MAX_RIG_CAMERAS}], got {cameras}")
+        raise ConfigurationError(f"cameras must be in [1, {MAX_RIG_CAMERAS}]: a rig has at most {MAX_RIG_CAMERAS} cameras (one per movement of the taxonomy), got {cameras}")
+
+
+def generate_scenes(count: int, seed: int, cameras: int = 1) -> list[dict]:
+    """`count` scene spec dicts (SceneSpec.from_dict accepts each), named gen<seed>_<count>x<cameras>_<index>_<motion>_<movement>;
+    with `cameras` > 1 each is a rig of that many programs (a list) and ends in _rig instead of the movement."""
+    _check_draw(count, seed, cameras)
     rng, rig_rng = np.random.default_rng(seed), np.random.default_rng((seed, RIG_STREAM))
     names = _kind_names()
     movements = [str(m) for _ in range(-(-count // len(MOVEMENTS))) for m in rng.permutation(list(MOVEMENTS))][:count]
@@ -116,7 +130,7 @@ def generate_scenes(count: int, seed: int, cameras: int = 1) -> list[dict]:
         scene_seed = int(rng.integers(2**31))
         camera = _draw_camera(movement, len(objects), rng)
         spec = {
-            "name": f"gen{seed}_{index:05d}_{motion}_{movement if cameras == 1 else 'rig'}",
+            "name": f"gen{seed}_{count}x{cameras}_{index:05d}_{motion}_{movement if cameras == 1 else 'rig'}",
             "seed": scene_seed,
             "objects": objects,
             "motion": motion,
@@ -128,3 +142,8 @@ def generate_scenes(count: int, seed: int, cameras: int = 1) -> list[dict]:
         SceneSpec.from_dict(spec)  # every drawn spec is a valid one
         scenes.append(spec)
     return scenes
+
+
+def scenes_json(scenes: list[dict]) -> str:
+    """The scenes file's text: one JSON list, one spec a line (the same scenes give the same bytes)."""
+    return "[\n" + ",\n".join(json.dumps(scene) for scene in scenes) + "\n]\n"
