@@ -37,12 +37,12 @@ def test_tracks_left_behind_float_and_change_colour_and_are_judged_lost():
 
     signals = object_signals(frames, depth, tracks, visible, labels, queries)
 
-    assert signals[1] == {"visible_at_end": 1.0, "floating": 0.0, "hidden_unoccluded": 0.0, "recoloured": 0.0, "colour_change": 0.0}
+    assert signals[1] == {"visible_at_end": 1.0, "floating": 0.0, "hidden_unoccluded": 0.0, "hidden_frames": 0.0, "recoloured": 0.0, "colour_change": 0.0}
     assert signals[2]["floating"] > 0.8  # by the last frame the object moved 10 px: most tracks hang over the floor
     assert signals[2]["colour_change"] > 200  # green at frame 0, blue floor at the end
     assert signals[2]["recoloured"] == 1.0  # every visible track left green for blue
     assert lost_objects(signals) == {2: ["floating", "recoloured"]}  # colour change is reported, not gated on (GATE_THRESHOLDS)
-    assert lost_objects(signals, GateThresholds(max_floating=1.0, max_hidden_unoccluded=1.0, max_recoloured=1.0, max_colour_change=100.0)) == {2: ["colour_change"]}
+    assert lost_objects(signals, GateThresholds(max_floating=1.0, max_hidden_unoccluded=1.0, max_hidden_frames=1.0, max_recoloured=1.0, max_colour_change=100.0)) == {2: ["colour_change"]}
 
 
 def test_tracks_on_the_wrong_side_of_a_patterned_object_are_recoloured_and_lost_but_shading_is_not():
@@ -66,18 +66,24 @@ def test_tracks_on_the_wrong_side_of_a_patterned_object_are_recoloured_and_lost_
 def test_an_object_called_hidden_where_nothing_hides_it_is_lost_and_one_hidden_for_real_is_kept():
     frames, depth, tracks, visible, labels, queries = scene()
     tracks[:, labels == 2, 0] += 2 * np.arange(FRAMES)[:, None]  # now object 2 is tracked right ...
-    visible[-1, labels == 2] = False  # ... but the tracker says it is hidden at the last frame
+    visible[2:, labels == 2] = False  # ... but from frame 2 on the tracker says it is hidden
 
     signals = object_signals(frames, depth, tracks, visible, labels, queries)
 
     assert np.isnan(signals[2]["colour_change"]) and np.isnan(signals[2]["recoloured"]) and signals[2]["visible_at_end"] == 0.0
     assert signals[2]["floating"] < GATE_THRESHOLDS.max_floating
     assert signals[2]["hidden_unoccluded"] == 1.0  # the depth map shows each point itself, at its own depth
-    assert lost_objects(signals) == {2: ["hidden_unoccluded"]}
+    assert signals[2]["hidden_frames"] == 0.8  # frames 2-5 of 1-5
+    assert lost_objects(signals) == {2: ["hidden_frames"]}
 
-    depth[-1, 15:25, 30:40] = 1.0  # a nearer surface in front of object 2 at the last frame: hidden for real
+    visible[2:5, labels == 2] = True  # given up on at the last frame only: reported, not gated on
     signals = object_signals(frames, depth, tracks, visible, labels, queries)
-    assert signals[2]["hidden_unoccluded"] == 0.0 and lost_objects(signals) == {}
+    assert signals[2]["hidden_unoccluded"] == 1.0 and signals[2]["hidden_frames"] == 0.2 and lost_objects(signals) == {}
+    visible[2:5, labels == 2] = False
+
+    depth[2:, 15:25, 20:40] = 1.0  # a nearer surface in front of object 2 from frame 2 on: hidden for real
+    signals = object_signals(frames, depth, tracks, visible, labels, queries)
+    assert signals[2]["hidden_unoccluded"] == 0.0 and signals[2]["hidden_frames"] == 0.0 and lost_objects(signals) == {}
 
 
 class TrackerThatLosesEverything:
