@@ -75,22 +75,24 @@ class KalmanConfig:
 # samples of the median 2D error (px) / mean |acceleration| over the ground truth's, for the tracks of the objects
 # the quality gate kept (what ships) and, in brackets, for every object's (lost ones included):
 #     (process, measurement noise, occluded scale)   default                          other seeds
-#     raw tracks                                      0.2748 / 1.06  (0.3019 / 1.24)   0.2184 / 1.16  (0.3003 / 1.63)
-#     "paper" (1e-4, 1e-5, inf)                       0.4924 / 0.71  (0.6077 / 0.74)   0.4073 / 0.74  (0.5587 / 1.10)
-#     (1e-2, 1e-7, 1e3)                               0.2747 / 1.05  (0.3016 / 1.20)   0.2186 / 1.14  (0.3010 / 1.49)
-#     (3e-3, 1e-7, 1e3)                               0.2743 / 1.05  (0.3012 / 1.18)   0.2184 / 1.13  (0.3008 / 1.40)
-#     (1e-3, 1e-7, 1e3)  chosen                       0.2745 / 1.04  (0.3012 / 1.16)   0.2189 / 1.11  (0.3013 / 1.33)
-#     (3e-4, 1e-7, 1e3)                               0.2785 / 1.03  (0.3051 / 1.14)   0.2232 / 1.10  (0.3060 / 1.27)
-#     (1e-4, 1e-7, 1e3)                               0.2945 / 1.02  (0.3239 / 1.10)   0.2389 / 1.08  (0.3240 / 1.20)
-# On the shipped tracks every setting from 1e-3 to 1e-2 keeps the acceleration within 20 % of the truth's and the
-# error within 0.0005 px of the raw tracks' (3e-3 is at or below it on both sets; 1e-3 is 0.0005 px above on the
-# other seeds). 1e-3 stays because the gate's thresholds were swept on its output: curated with 3e-3, the cube of
-# push_teddy_cube_orbit floats just over the gate's threshold (a good object removed, and that sample with it).
-# Stronger smoothing brings the acceleration down only by moving the tracks off the truth; the excess on "every
-# object" comes from the objects the tracker loses, whose tracks jump and which the gate removes.
+#     raw tracks                                      0.2527 / 1.10  (0.2600 / 1.22)   0.2033 / 1.10  (0.2782 / 1.64)
+#     "paper" (1e-4, 1e-5, inf)                       0.5031 / 0.72  (0.5425 / 0.72)   0.3869 / 0.72  (0.5351 / 0.85)
+#     (1e-2, 1e-7, 1e3)                               0.2529 / 1.07  (0.2600 / 1.16)   0.2039 / 1.09  (0.2816 / 1.44)
+#     (3e-3, 1e-7, 1e3)                               0.2522 / 1.06  (0.2593 / 1.13)   0.2036 / 1.08  (0.2808 / 1.35)
+#     (1e-3, 1e-7, 1e3)  before                       0.2520 / 1.05  (0.2587 / 1.10)   0.2034 / 1.07  (0.2805 / 1.26)
+#     (3e-4, 1e-7, 1e3)                               0.2561 / 1.03  (0.2625 / 1.08)   0.2076 / 1.06  (0.2869 / 1.18)
+#     (3e-3, 1e-7, 1e2)  chosen                       0.2521 / 1.07  (0.2592 / 1.17)   0.2031 / 1.09  (0.2798 / 1.50)
+#     (3e-3, 1e-7, 1e4)                               0.2521 / 1.05  (0.2592 / 1.09)   0.2037 / 1.07  (0.2827 / 1.20)
+# (rigid tracker with depth refinement, curated with the 1e-3 setting and the gate swept on it.) On the shipped tracks
+# only the chosen setting stays at or below the raw tracks' error on both sets (1e-3 is 0.0001 px above on the other
+# seeds), with the acceleration within 10 % of the truth's. Occluded positions weigh 10x more than before: the
+# rigid tracker moves them with their body's pose, which is as good as the visible ones'. Stronger smoothing brings
+# the acceleration down only by moving the tracks off the truth; the excess on "every object" comes from the objects
+# the tracker loses, whose tracks jump and which the gate removes (their error is not what ships). The gate's
+# thresholds were swept again on this setting's output (stages/quality_gate.py).
 SMOOTHING_CONFIGS = {
     "paper": KalmanConfig(),
-    "rigid-tracks": KalmanConfig(process_noise=1e-3, measurement_noise=1e-7, occluded_measurement_scale=1e3),
+    "rigid-tracks": KalmanConfig(process_noise=3e-3, measurement_noise=1e-7, occluded_measurement_scale=1e2),
 }
 
 
