@@ -110,7 +110,7 @@ def lost_objects(signals: dict[int, dict[str, float]], thresholds: GateThreshold
             reasons.append("floating")
         if values["hidden_unoccluded"] > thresholds.max_hidden_unoccluded:
             reasons.append("hidden_unoccluded")
-        if values.get("hidden_frames", 0.0) > thresholds.max_hidden_frames:  # absent from samples gated before it existed
+        if values["hidden_frames"] > thresholds.max_hidden_frames:
             reasons.append("hidden_frames")
         if values["recoloured"] > thresholds.max_recoloured:  # NaN (nothing visible) compares False
             reasons.append("recoloured")
