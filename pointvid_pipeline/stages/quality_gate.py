@@ -18,7 +18,7 @@ visibility, the frames and the depth maps), per object, over the object's frame-
   although the depth map shows each point itself at its pixel (`hidden_unoccluded` of that frame above
   one half): how long the tracker could not confirm the body it should see. The rigid tracker hides a
   body whose pose the frame's flow barely supports (`RigidObjectTracker.min_support`); a tracker that
-  gives up on an object for a third of the clip has guessed its way through it.
+  gives up on an object for more than a fifth of the clip has guessed its way through it.
 - `recoloured`: share of its tracks visible at the last frame whose colour differs from their frame-0
   colour by more than `RECOLOUR_LEVELS`: a point on the same surface keeps its albedo (shading moves
   it less), one on the wrong side of a checkered ball or on the floor does not. NaN when none is visible.
@@ -80,7 +80,6 @@ def object_signals(frames: np.ndarray, depth: np.ndarray, tracks_uvd: np.ndarray
     in_front = tracks_uvd[..., 2] < surface * (1 - DEPTH_TOLERANCE)
     on_surface = np.abs(tracks_uvd[..., 2] - surface) <= DEPTH_TOLERANCE * surface  # (T, N)
     hidden_on_surface = ~visibility & on_surface
-    on_surface_at_end = on_surface[-1]
     start_colour = frames[0, query_uv[:, 1], query_uv[:, 0]].astype(np.int32)
     end_col = np.clip(np.rint(tracks_uvd[-1, :, 0]), 0, width - 1).astype(np.intp)
     end_row = np.clip(np.rint(tracks_uvd[-1, :, 1]), 0, height - 1).astype(np.intp)
@@ -90,11 +89,12 @@ def object_signals(frames: np.ndarray, depth: np.ndarray, tracks_uvd: np.ndarray
     for object_id in np.unique(query_labels[query_labels > 0]):
         mine = query_labels == object_id
         seen_at_end = mine & visibility[-1]
+        hidden_share = hidden_on_surface[:, mine].sum(axis=1) / np.maximum(on_surface[:, mine].sum(axis=1), 1)  # (T,)
         signals[int(object_id)] = {
             "visible_at_end": float(visibility[-1, mine].mean()),
             "floating": float(in_front[1:, mine].mean(axis=1).max()) if frame_count > 1 else 0.0,
-            "hidden_unoccluded": float(hidden_on_surface[-1, mine].sum() / max(on_surface_at_end[mine].sum(), 1)),
-            "hidden_frames": float((hidden_on_surface[1:, mine].sum(axis=1) > 0.5 * np.maximum(on_surface[1:, mine].sum(axis=1), 1)).mean()) if frame_count > 1 else 0.0,
+            "hidden_unoccluded": float(hidden_share[-1]),
+            "hidden_frames": float((hidden_share[1:] > 0.5).mean()) if frame_count > 1 else 0.0,
             "recoloured": float((colour_change[seen_at_end] > RECOLOUR_LEVELS).mean()) if seen_at_end.any() else float("nan"),
             "colour_change": float(np.median(colour_change[seen_at_end])) if seen_at_end.any() else float("nan"),
         }
@@ -103,19 +103,10 @@ def object_signals(frames: np.ndarray, depth: np.ndarray, tracks_uvd: np.ndarray
 
 def lost_objects(signals: dict[int, dict[str, float]], thresholds: GateThresholds = GATE_THRESHOLDS) -> dict[int, list[str]]:
     """Object id -> the signals that judged it lost (objects kept are not listed)."""
+    limits = {name.removeprefix("max_"): limit for name, limit in asdict(thresholds).items()}  # signal -> its threshold
     lost = {}
     for object_id, values in signals.items():
-        reasons = []
-        if values["floating"] > thresholds.max_floating:
-            reasons.append("floating")
-        if values["hidden_unoccluded"] > thresholds.max_hidden_unoccluded:
-            reasons.append("hidden_unoccluded")
-        if values["hidden_frames"] > thresholds.max_hidden_frames:
-            reasons.append("hidden_frames")
-        if values["recoloured"] > thresholds.max_recoloured:  # NaN (nothing visible) compares False
-            reasons.append("recoloured")
-        if values["colour_change"] > thresholds.max_colour_change:  # NaN (nothing visible) compares False
-            reasons.append("colour_change")
+        reasons = [signal for signal, limit in limits.items() if values[signal] > limit]  # NaN (nothing visible) and inf never cross
         if reasons:
             lost[object_id] = reasons
     return lost
