@@ -100,8 +100,8 @@ def surface_normals(xyz_at: Callable[[np.ndarray, np.ndarray], np.ndarray], pixe
     """(N, 3) unit normals of the depth surface at (N, 2) integer pixels (cols, rows) from central
     differences of its 3D points; `xyz_at(cols, rows)` lifts pixels (clamped to the frame by the caller)."""
     cols, rows = pixel[:, 0], pixel[:, 1]
-    along_u = xyz_at(cols + 1, rows) - xyz_at(cols - 1, rows)
-    along_v = xyz_at(cols, rows + 1) - xyz_at(cols, rows - 1)
+    right, left, below, above = np.split(xyz_at(np.concatenate([cols + 1, cols - 1, cols, cols]), np.concatenate([rows, rows, rows + 1, rows - 1])), 4)  # one lift for the four neighbours
+    along_u, along_v = right - left, below - above
     normal = np.cross(along_u, along_v)
     return normal / (np.linalg.norm(normal, axis=1, keepdims=True) + 1e-12)
 
