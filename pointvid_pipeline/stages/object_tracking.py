@@ -34,7 +34,9 @@ An object whose re-anchored fits explain few of its matches (median inlier fract
 `min_rigid_fraction`) is not rigid: each of its points then follows the re-anchoring flow on its
 own, from where the predicted pose put it.
 
-Time (one core, 448x256x16): the DIS flows are about 60% of it, the pose fits about 20%.
+Time (one core, 448x256x16, ~0.5 s a clip on the 14 default scenes): the DIS flows are about half of it, the pose
+fits (RANSAC + Kabsch) about 13%. Rows are gathered with np.take / np.compress, 3-5x faster than fancy or
+boolean indexing on these (N, 2) and (N, 3) arrays.
 """
 
 from __future__ import annotations
