@@ -145,7 +145,7 @@ def refine_pose_on_depth(pose: np.ndarray, points: np.ndarray, depth_t: np.ndarr
 
 
 def dehomogenised(points: np.ndarray) -> np.ndarray:
-    """(H, W, 3) homogeneous pixels (u z, v z, z) -> (H, W, 2) float32 (u, v), one plane at a time: the same
+    """(..., 3) homogeneous pixels (u z, v z, z) -> (..., 2) float32 (u, v), one plane at a time: the same
     quotients as points[..., :2] / points[..., 2:], ~7x faster than that broadcast over interleaved channels."""
     pixels = np.empty(points.shape[:-1] + (2,), np.float32)
     np.divide(points[..., 0], points[..., 2], out=pixels[..., 0])
@@ -335,8 +335,8 @@ class RigidObjectTracker:
 
             label_t = label_before = splat_objects(object_points, poses, intrinsics[t], shape)
             boxes_t = boxes_before = ndimage.find_objects(label_t)
-            scaled_before = homogeneous * depth[t][..., None]
-            source = self._frame0_pixels(poses, label_t, boxes_t, scaled_before, intrinsics[0], intrinsics[t])
+            scaled_t = scaled_before = homogeneous * depth[t][..., None]
+            source = self._frame0_pixels(poses, label_t, boxes_t, scaled_t, intrinsics[0], intrinsics[t])
             warped = cv2.remap(gray[0], dehomogenised(source), None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
             photometric = cv2.absdiff(warped, gray[t])
             flow = self._background_flow(background_flow, warped, gray[t])
