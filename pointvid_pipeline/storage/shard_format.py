@@ -167,12 +167,14 @@ def verify_shard(path, index: dict, expected_keys: list[str]) -> dict[str, tuple
         with np.load(io.BytesIO(members["points.npz"])) as npz:  # uvd and valid only: the checks need no visibility
             uvd, valid = npz["uvd"], npz["valid"]
         _, height, width, _ = uvd.shape
-        # Whole-map checks on the float16 bit patterns (numpy has no fast float16 arithmetic): exponent all ones
-        # is NaN or infinity, and only +0 and -0 have every bit but the sign clear.
-        bits = uvd.view(np.uint16)
-        if ((bits & 0x7C00) == 0x7C00).any():
+        # Whole-map checks on the float16 bit patterns without the sign (numpy has no fast float16 arithmetic): an
+        # exponent of all ones (magnitude >= 0x7C00) is NaN or infinity, and only +0 and -0 have magnitude 0. The
+        # background check ORs the magnitudes over frames first: ~4x faster than gathering every frame's background.
+        magnitude = uvd.view(np.uint16) & 0x7FFF
+        if magnitude.max(initial=0) >= 0x7C00:
             bad["no_nan"].append(key)
-        if (bits[:, ~valid] & 0x7FFF).any():
+        nonzero_somewhere = np.bitwise_or.reduce(magnitude, axis=0).any(axis=-1)  # (H, W)
+        if (nonzero_somewhere & ~valid).any():
             bad["background_exactly_zero"].append(key)
         foreground = uvd[:, valid].astype(np.float32)
         u, v = foreground[..., 0], foreground[..., 1]
