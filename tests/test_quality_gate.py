@@ -45,6 +45,24 @@ def test_tracks_left_behind_float_and_change_colour_and_are_judged_lost():
     assert lost_objects(signals, GateThresholds(max_floating=1.0, max_hidden_unoccluded=1.0, max_hidden_frames=1.0, max_recoloured=1.0, max_colour_change=100.0)) == {2: ["colour_change"]}
 
 
+def test_tracks_that_leave_the_frame_are_out_of_view_not_floating():
+    """A thrown object leaves the frame; its tracks are reported held at the border (and not visible), where the
+    floor shows behind them. Out of view is not lost: it must not read as floating."""
+    frames, depth, tracks, visible, labels, queries = scene()
+    gone = labels == 2
+    tracks[3:, gone, 0] = WIDTH - 1  # from frame 3 every track of object 2 is past the right border, held on it
+    visible[3:, gone] = False
+
+    signals = object_signals(frames, depth, tracks, visible, labels, queries)
+
+    assert signals[2]["floating"] < 0.5  # frames 1-2 only: the tracks left behind then, before the object left
+    assert signals[2]["hidden_unoccluded"] == 0.0 and signals[2]["visible_at_end"] == 0.0
+    for t in (1, 2):
+        tracks[t, gone, 0] = queries[gone, 0] + 2 * t  # tracked right until it left
+    assert object_signals(frames, depth, tracks, visible, labels, queries)[2]["floating"] == 0.0
+    assert 2 not in lost_objects(object_signals(frames, depth, tracks, visible, labels, queries))
+
+
 def test_tracks_on_the_wrong_side_of_a_patterned_object_are_recoloured_and_lost_but_shading_is_not():
     frames, depth, tracks, visible, labels, queries = scene()
     frames[:, 5:15, 5:10] = (230, 230, 230)  # object 1: white left half, black right half

@@ -9,7 +9,9 @@ visibility, the frames and the depth maps), per object, over the object's frame-
   other surfaces and fail the depth test, or the object turned its tracked side away.
 - `floating`: the largest share, over frames 1..T-1, of its tracks lying in front of the surface the
   depth map shows at their pixel (by more than the depth tolerance): points in free space, which an
-  opaque world does not have, and what a track left behind by its object looks like.
+  opaque world does not have, and what a track left behind by its object looks like. A track held on
+  the frame's border has left the frame (trackers report it there): out of view, neither floating nor
+  on a surface (thrown objects that fly out of the picture were removed as floating).
 - `hidden_unoccluded`: share of its tracks that the tracker calls hidden at the last frame although
   the depth map shows the point itself at its pixel (no nearer surface hides it, it does not float):
   the tracker has given up on a body it should see (the rigid tracker's pose no longer explains the
@@ -77,8 +79,12 @@ def object_signals(frames: np.ndarray, depth: np.ndarray, tracks_uvd: np.ndarray
     """Object id -> its signals, from (T, N, 3) tracks, (T, N) visibility and each query's frame-0 label and pixel."""
     frame_count, height, width = depth.shape
     surface = surface_depth(tracks_uvd, depth)  # (T, N)
-    in_front = tracks_uvd[..., 2] < surface * (1 - DEPTH_TOLERANCE)
-    on_surface = np.abs(tracks_uvd[..., 2] - surface) <= DEPTH_TOLERANCE * surface  # (T, N)
+    # Trackers report a point that left the frame held at its border: it is in front of whatever the border pixel shows,
+    # but it is out of view, not floating. A tracked point lies exactly on the border line only when held there.
+    u, v = tracks_uvd[..., 0], tracks_uvd[..., 1]
+    in_frame = (u > 0) & (u < width - 1) & (v > 0) & (v < height - 1)
+    in_front = in_frame & (tracks_uvd[..., 2] < surface * (1 - DEPTH_TOLERANCE))
+    on_surface = in_frame & (np.abs(tracks_uvd[..., 2] - surface) <= DEPTH_TOLERANCE * surface)  # (T, N)
     hidden_on_surface = ~visibility & on_surface
     start_colour = frames[0, query_uv[:, 1], query_uv[:, 0]].astype(np.int32)
     end_col = np.clip(np.rint(tracks_uvd[-1, :, 0]), 0, width - 1).astype(np.intp)
