@@ -2,7 +2,7 @@
 
 Reads a data directory curated by the pipeline (its stage files: smoothed tracks, visibility, frames,
 depth, ground truth), computes every object's gate signals and whether it failed by the ground truth
-(median error of its tracks at the last frame, over its ground-truth-visible points, above 8 px), and
+(median error of its tracks at its last frame in view, over its ground-truth-visible points, above 8 px), and
 grid-searches the thresholds. Ranks first the settings that leave no failed object in the first data
 directory (the default scenes, which every user curates first), then by F1 over the others, and prints the
 best settings and the shipped ones, per directory.
@@ -45,7 +45,7 @@ def objects(data_dir: Path) -> list[dict]:
             tracks = np.asarray(store.read_arrays("smoothed_tracks", partition, key)["tracks"])
             visibility = np.asarray(store.read_arrays("tracks_3d", partition, key)["visibility"])
             signals = object_signals(clip["frames"], store.read_arrays("depth", partition, key)["depth"], tracks, visibility, labels, queries)
-            errors = object_last_frame_errors(tracks[-1], labels, clip["truth_track_uvd"][-1, v, u], clip["truth_track_visible"][-1, v, u])
+            errors = object_last_frame_errors(tracks, labels, clip["truth_track_uvd"][:, v, u], clip["truth_track_visible"][:, v, u])
             out += [{"key": key, "object_id": object_id, "failed": errors[object_id] > LOST_OBJECT_PX, "signals": values} for object_id, values in signals.items()]
     return out
 

@@ -4,8 +4,8 @@ Curates the scenes through the plain-Python runner (the code the Dagster assets 
 ships: the dataset card's evaluation (per camera motion and pooled, `evaluation/point_map_accuracy.py`),
 the foreground query tracks raw vs smoothed (error and acceleration against the ground truth's, for all
 objects and for the objects the gate kept), and the gate's precision and recall against the ground truth: an
-object has failed when the median 2D error of its tracks at the last frame, over its ground-truth-visible
-points, exceeds 8 px (measured before the gate, so removed objects are judged too).
+object has failed when the median 2D error of its tracks at its last frame in view (the clip's last, or the last
+in which the ground truth sees it), over its ground-truth-visible points, exceeds 8 px (measured before the gate, so removed objects are judged too).
 
 Which objects a tracker loses is close to a coin toss for a few hard ones (a duck bouncing with few flow
 matches ends 2-15 px off depending on the RANSAC draw, and on the CPU's last bits), so one run's gate figures
@@ -86,7 +86,7 @@ def gate_outcomes(settings: PipelineSettings) -> list[dict]:
             u, v = store.read_arrays("query_points", partition, key)["queries"].T
             labels = store.read_arrays("reference_masks", partition, key)["labels"][v, u]
             tracks = store.read_arrays("smoothed_tracks", partition, key)["tracks"]
-            errors = object_last_frame_errors(tracks[-1], labels, clip["truth_track_uvd"][-1, v, u], clip["truth_track_visible"][-1, v, u])
+            errors = object_last_frame_errors(tracks, labels, clip["truth_track_uvd"][:, v, u], clip["truth_track_visible"][:, v, u])
             outcomes += [{"key": key, "object_id": object_id, "failed": error > LOST_OBJECT_PX, "removed": key in rejected or object_id in removed_by_key.get(key, set())} for object_id, error in errors.items()]
     return outcomes
 

@@ -144,13 +144,18 @@ def test_stage_removes_lost_objects_and_rejects_samples_left_without_any(tmp_pat
     assert sorted(folder.name for folder in settings.stages_dir.glob(f"smoothed_tracks/{partition}/*/")) == sorted([*gated, *index.accepted])
 
 
-def test_an_objects_last_frame_error_is_the_median_over_its_visible_points():
+def test_an_objects_last_frame_error_is_the_median_over_its_visible_points_at_its_last_frame_in_view():
     labels = np.array([1, 1, 1, 2, 2, 0])
-    truth = np.zeros((6, 3))
-    last = np.zeros((6, 3))
-    last[:3, 0] = [1.0, 3.0, 50.0]  # object 1: errors 1, 3, 50 px -> median 3
-    last[3:5, 1] = [9.0, 11.0]  # object 2: 9 and 11 px, but the 11 px point is hidden -> 9
-    visible = np.array([True, True, True, True, False, True])
+    truth = np.zeros((3, 6, 3))
+    tracks = np.zeros((3, 6, 3))
+    tracks[-1, :3, 0] = [1.0, 3.0, 50.0]  # object 1: errors 1, 3, 50 px -> median 3
+    tracks[-1, 3:5, 1] = [9.0, 11.0]  # object 2: 9 and 11 px, but the 11 px point is hidden -> 9
+    visible = np.ones((3, 6), bool)
+    visible[-1, 4] = False
 
-    assert object_last_frame_errors(last, labels, truth, visible) == {1: 3.0, 2: 9.0}
-    assert np.isnan(object_last_frame_errors(last, labels, truth, np.zeros(6, bool))[1])
+    assert object_last_frame_errors(tracks, labels, truth, visible) == {1: 3.0, 2: 9.0}
+    hidden_at_end = visible.copy()
+    hidden_at_end[-1, :3] = False  # object 1 is hidden at the last frame: judged at frame 1, where it was 40 px off
+    tracks[1, :3, 0] = 40.0
+    assert object_last_frame_errors(tracks, labels, truth, hidden_at_end)[1] == 40.0
+    assert np.isnan(object_last_frame_errors(tracks, labels, truth, np.zeros((3, 6), bool))[1])  # never seen after frame 0

@@ -140,7 +140,7 @@ NO_LOST_OBJECTS = "no_lost_object_shipped"
     group_name=GROUP,
     kinds={"python", "parquet"},
     required_resource_keys={"pipeline_settings"},
-    check_specs=[AssetCheckSpec(NO_LOST_OBJECTS, asset="dataset", description="No synthetic object whose point map is off by more than 8 px (median) at the last frame ships.")],
+    check_specs=[AssetCheckSpec(NO_LOST_OBJECTS, asset="dataset", description="No synthetic object whose point map is off by more than 8 px (median) at its last frame in view ships.")],
 )
 def dataset(context: AssetExecutionContext) -> MaterializeResult:
     settings = context.resources.pipeline_settings.settings()

@@ -7,7 +7,8 @@ frames 1-15, with the query frame 0 reported apart. Per group of pixels:
   point-frames;
 - TAP-Vid 2D and TAPVid-3D scores (`tapvid_metrics`, tapnet's definitions; 3D without scale
   alignment: our depth is metric) using the shipped visibility;
-- per object, its median 2D error at the last frame: an object above LOST_OBJECT_PX is "lost".
+- per object, its median 2D error at its last frame in view (the clip's last, or the last in which the ground
+  truth sees it): an object above LOST_OBJECT_PX is "lost".
 Scenes are single videos; a camera motion's and the pooled figures are plain means over scenes
 (tapnet averages per video the same way).
 """
@@ -24,9 +25,10 @@ from PIL import Image
 
 from pointvid_pipeline.clip import unproject
 from pointvid_pipeline.evaluation.tapvid_metrics import tapvid3d_metrics, tapvid_2d_metrics
+from pointvid_pipeline.evaluation.track_errors import last_seen_median_error
 from pointvid_pipeline.storage.shard_format import load_points, read_samples, sample_intrinsics
 
-LOST_OBJECT_PX = 8.0  # median 2D error at the last frame above which an object counts as lost
+LOST_OBJECT_PX = 8.0  # median 2D error at its last frame in view above which an object counts as lost
 FRAME_SETS = {"1-15": slice(1, None), "query": slice(0, 1)}
 SUBSETS = ("all", "tracked", "interpolated")
 HEADLINE = (
@@ -61,12 +63,6 @@ def pixel_figures(pred_uvd, pred_visible, gt_uvd, gt_visible, intrinsics, frames
     return figures
 
 
-def last_frame_error(pred_uvd, gt_uvd, gt_visible) -> float:
-    """Median 2D error at the last frame over the pixels visible there (NaN when none is)."""
-    seen = gt_visible[-1]
-    return float(np.median(np.linalg.norm(pred_uvd[-1, seen, :2] - gt_uvd[-1, seen, :2], axis=-1))) if seen.any() else float("nan")
-
-
 def sample_rows(key: str, camera: str, points: dict, labels: np.ndarray, object_names: list[str], intrinsics: np.ndarray, truth_uvd: np.ndarray, truth_visible: np.ndarray) -> list[dict]:
     """One row per (object or "all", pixel subset, frame set) of one sample."""
     uvd = points["uvd"].astype(np.float64)
@@ -84,7 +80,7 @@ def sample_rows(key: str, camera: str, points: dict, labels: np.ndarray, object_
                 if pixels.any():
                     row.update(pixel_figures(uvd[:, pixels], visible[:, pixels], truth_uvd[:, pixels], truth_visible[:, pixels], intrinsics, frames))
                     if subset == "all" and frame_set == "1-15":
-                        row["last_frame_median_px"] = last_frame_error(uvd[:, pixels], truth_uvd[:, pixels], truth_visible[:, pixels])
+                        row["last_frame_median_px"] = last_seen_median_error(uvd[:, pixels], truth_uvd[:, pixels], truth_visible[:, pixels])
                 rows.append(row)
     return rows
 
@@ -162,7 +158,7 @@ def markdown_tables(rows: list[dict], summary: dict) -> str:
     rule = "|" + "---|" * (len(HEADLINE) + 1)
     lines = [
         f"{summary['scenes']} synthetic scenes, {summary['objects']} objects; {summary['removed_objects']} objects removed by the gate; "
-        f"objects shipped whose median error at the last frame exceeds {LOST_OBJECT_PX:g} px: **{len(summary['lost_objects_shipped'])}**.",
+        f"objects shipped whose median error at their last frame in view exceeds {LOST_OBJECT_PX:g} px: **{len(summary['lost_objects_shipped'])}**.",
         "",
         "### Pooled (mean over scenes)",
         "",

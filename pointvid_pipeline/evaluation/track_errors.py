@@ -77,14 +77,28 @@ def stage_track_rows(data_dir: Path, partitions: list[str]) -> list[dict]:
     return rows
 
 
-def object_last_frame_errors(last_tracks: np.ndarray, query_labels: np.ndarray, truth_uvd: np.ndarray, truth_visible: np.ndarray) -> dict[int, float]:
-    """Object id -> median 2D error of its query tracks at the last frame, over its ground-truth-visible points
-    (NaN when none is visible): the figure by which an object counts as lost, judged before any gate.
+def object_last_frame_errors(tracks: np.ndarray, query_labels: np.ndarray, truth_uvd: np.ndarray, truth_visible: np.ndarray) -> dict[int, float]:
+    """Object id -> median 2D error of its query tracks at its last frame in view, over its ground-truth-visible
+    points there: the figure by which an object counts as lost, judged before any gate.
 
-    last_tracks (N, 3) and truth_uvd (N, 3), truth_visible (N,) at the last frame; query_labels (N,) frame-0 object ids.
+    The last frame in view is the clip's last frame, or for an object hidden or gone by then the last frame 1..T-1
+    in which the ground truth sees any of its points (an object 40 px off while it was seen, then hidden, is lost);
+    NaN when it is seen in none. tracks (T, N, 3), truth_uvd (T, N, 3), truth_visible (T, N); query_labels (N,)
+    frame-0 object ids.
     """
     errors = {}
     for object_id in np.unique(query_labels[query_labels > 0]):
-        points = (query_labels == object_id) & truth_visible
-        errors[int(object_id)] = float(np.median(np.linalg.norm(last_tracks[points, :2] - truth_uvd[points, :2], axis=-1))) if points.any() else float("nan")
+        mine = query_labels == object_id
+        errors[int(object_id)] = last_seen_median_error(tracks[:, mine], truth_uvd[:, mine], truth_visible[:, mine])
     return errors
+
+
+def last_seen_median_error(tracks: np.ndarray, truth_uvd: np.ndarray, truth_visible: np.ndarray) -> float:
+    """Median 2D error over the visible points of the last frame 1..T-1 in which the ground truth sees any of these
+    (T, P) points; NaN when it sees none after frame 0 (the query frame, whose error is 0 by construction)."""
+    seen_frames = np.flatnonzero(truth_visible[1:].any(axis=1)) + 1
+    if not len(seen_frames):
+        return float("nan")
+    t = seen_frames[-1]
+    seen = truth_visible[t]
+    return float(np.median(np.linalg.norm(tracks[t, seen, :2] - truth_uvd[t, seen, :2], axis=-1)))

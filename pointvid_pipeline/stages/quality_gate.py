@@ -32,7 +32,7 @@ An object is removed when a signal crosses its (finite) threshold; with the rigi
 `colour_change` are reported in the sample JSON but not gated on (the sweep found no threshold on them
 that helped).
 `GATE_THRESHOLDS` documents the sweep; benchmarks/point_map_quality.py measures the gate's precision and
-recall against the ground truth (failed = median error of its tracks at the last frame above 8 px).
+recall against the ground truth (failed = median error of its tracks at its last frame in view above 8 px).
 The signals are computed on the smoothed tracks the point map is built from, and the thresholds were
 swept on the "rigid-tracks" smoother's output: another smoother needs another sweep.
 """
