@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pointvid_pipeline.evaluation.point_map_accuracy import LOST_OBJECT_PX
-from pointvid_pipeline.evaluation.track_errors import object_last_frame_errors
+from pointvid_pipeline.evaluation.track_errors import object_last_seen_errors
 from pointvid_pipeline.stages.quality_gate import GATE_THRESHOLDS, GateThresholds, lost_objects, object_signals
 from pointvid_pipeline.storage.stage_store import StageStore
 
@@ -45,7 +45,7 @@ def objects(data_dir: Path) -> list[dict]:
             tracks = np.asarray(store.read_arrays("smoothed_tracks", partition, key)["tracks"])
             visibility = np.asarray(store.read_arrays("tracks_3d", partition, key)["visibility"])
             signals = object_signals(clip["frames"], store.read_arrays("depth", partition, key)["depth"], tracks, visibility, labels, queries)
-            errors = object_last_frame_errors(tracks, labels, clip["truth_track_uvd"][:, v, u], clip["truth_track_visible"][:, v, u])
+            errors = object_last_seen_errors(tracks, labels, clip["truth_track_uvd"][:, v, u], clip["truth_track_visible"][:, v, u])
             out += [{"key": key, "object_id": object_id, "failed": errors[object_id] > LOST_OBJECT_PX, "signals": values} for object_id, values in signals.items()]
     return out
 

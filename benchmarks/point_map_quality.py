@@ -33,7 +33,7 @@ from tqdm import tqdm  # noqa: E402
 from pointvid_pipeline.backends.registry import lazy_backends  # noqa: E402
 from pointvid_pipeline.dataset import build_dataset  # noqa: E402
 from pointvid_pipeline.evaluation.point_map_accuracy import LOST_OBJECT_PX, evaluate_dataset, summarise  # noqa: E402
-from pointvid_pipeline.evaluation.track_errors import object_last_frame_errors  # noqa: E402
+from pointvid_pipeline.evaluation.track_errors import object_last_seen_errors  # noqa: E402
 from pointvid_pipeline.pipeline import STAGES, partition_rows, run_stage  # noqa: E402
 from pointvid_pipeline.settings import PipelineSettings  # noqa: E402
 from pointvid_pipeline.storage.stage_store import StageStore  # noqa: E402
@@ -86,7 +86,7 @@ def gate_outcomes(settings: PipelineSettings) -> list[dict]:
             u, v = store.read_arrays("query_points", partition, key)["queries"].T
             labels = store.read_arrays("reference_masks", partition, key)["labels"][v, u]
             tracks = store.read_arrays("smoothed_tracks", partition, key)["tracks"]
-            errors = object_last_frame_errors(tracks, labels, clip["truth_track_uvd"][:, v, u], clip["truth_track_visible"][:, v, u])
+            errors = object_last_seen_errors(tracks, labels, clip["truth_track_uvd"][:, v, u], clip["truth_track_visible"][:, v, u])
             outcomes += [{"key": key, "object_id": object_id, "failed": error > LOST_OBJECT_PX, "removed": key in rejected or object_id in removed_by_key.get(key, set())} for object_id, error in errors.items()]
     return outcomes
 

@@ -3,7 +3,7 @@
 import numpy as np
 
 from pointvid_pipeline.backends.registry import StageBackends, lazy_backends
-from pointvid_pipeline.evaluation.track_errors import object_last_frame_errors
+from pointvid_pipeline.evaluation.track_errors import object_last_seen_errors
 from pointvid_pipeline.pipeline import STAGES, partition_rows, run_stage
 from pointvid_pipeline.settings import PipelineSettings
 from pointvid_pipeline.stages.quality_gate import GATE_THRESHOLDS, GateThresholds, lost_objects, object_signals
@@ -144,7 +144,7 @@ def test_stage_removes_lost_objects_and_rejects_samples_left_without_any(tmp_pat
     assert sorted(folder.name for folder in settings.stages_dir.glob(f"smoothed_tracks/{partition}/*/")) == sorted([*gated, *index.accepted])
 
 
-def test_an_objects_last_frame_error_is_the_median_over_its_visible_points_at_its_last_frame_in_view():
+def test_an_object_is_judged_at_its_last_frame_in_view_by_the_median_over_its_visible_points():
     labels = np.array([1, 1, 1, 2, 2, 0])
     truth = np.zeros((3, 6, 3))
     tracks = np.zeros((3, 6, 3))
@@ -153,9 +153,9 @@ def test_an_objects_last_frame_error_is_the_median_over_its_visible_points_at_it
     visible = np.ones((3, 6), bool)
     visible[-1, 4] = False
 
-    assert object_last_frame_errors(tracks, labels, truth, visible) == {1: 3.0, 2: 9.0}
+    assert object_last_seen_errors(tracks, labels, truth, visible) == {1: 3.0, 2: 9.0}
     hidden_at_end = visible.copy()
     hidden_at_end[-1, :3] = False  # object 1 is hidden at the last frame: judged at frame 1, where it was 40 px off
     tracks[1, :3, 0] = 40.0
-    assert object_last_frame_errors(tracks, labels, truth, hidden_at_end)[1] == 40.0
-    assert np.isnan(object_last_frame_errors(tracks, labels, truth, np.zeros((3, 6), bool))[1])  # never seen after frame 0
+    assert object_last_seen_errors(tracks, labels, truth, hidden_at_end)[1] == 40.0
+    assert np.isnan(object_last_seen_errors(tracks, labels, truth, np.zeros((3, 6), bool))[1])  # never seen after frame 0

@@ -77,7 +77,7 @@ def stage_track_rows(data_dir: Path, partitions: list[str]) -> list[dict]:
     return rows
 
 
-def object_last_frame_errors(tracks: np.ndarray, query_labels: np.ndarray, truth_uvd: np.ndarray, truth_visible: np.ndarray) -> dict[int, float]:
+def object_last_seen_errors(tracks: np.ndarray, query_labels: np.ndarray, truth_uvd: np.ndarray, truth_visible: np.ndarray) -> dict[int, float]:
     """Object id -> median 2D error of its query tracks at its last frame in view, over its ground-truth-visible
     points there: the figure by which an object counts as lost, judged before any gate.
 

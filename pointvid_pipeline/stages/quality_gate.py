@@ -90,7 +90,7 @@ class GateThresholds:
 #     other seeds (56)    failed 28/27/33/30 lost shipped 4/2/1/3   P 0.71/0.68/0.74/0.71   R 0.89/0.93/0.97/0.90
 #     held-out seeds (56) failed 35/32/34/31 lost shipped 4/3/4/5   P 0.76/0.81/0.81/0.76   R 0.89/0.91/0.88/0.84
 # i.e. P 0.75 +- 0.05, R 0.90 +- 0.04 on the 112 other-seed scenes.
-# Judging an object hidden or gone by the last frame at its last frame in view (track_errors.object_last_frame_errors;
+# Judging an object hidden or gone by the last frame at its last frame in view (track_errors.object_last_seen_errors;
 # such objects 25-42 px off while seen counted as good ones the gate removed), tracker 5, seeds 0-3: default scenes
 # unchanged; other seeds failed 30/28/35/32, P 0.77/0.70/0.79/0.76, R 0.90/0.93/0.97/0.91 (point_map_quality.py
 # --tracker-seeds 4).
