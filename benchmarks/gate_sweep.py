@@ -23,7 +23,7 @@ from pointvid_pipeline.stages.quality_gate import GATE_THRESHOLDS, GateThreshold
 from pointvid_pipeline.storage.stage_store import StageStore
 
 GRID = {
-    "max_floating": (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 1.0),
+    "max_floating": (0.1, 0.15, 0.2, 0.22, 0.25, 0.3, 0.4, 1.0),
     "max_hidden_unoccluded": (0.3, 0.5, 0.7, 0.9, 1.0),
     "max_hidden_frames": (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 1.0),
     "max_recoloured": (0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 1.0),

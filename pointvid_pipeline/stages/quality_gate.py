@@ -21,9 +21,12 @@ visibility, the frames and the depth maps), per object, over the object's frame-
   one half): how long the tracker could not confirm the body it should see. The rigid tracker hides a
   body whose pose the frame's flow barely supports (`RigidObjectTracker.min_support`); a tracker that
   gives up on an object for more than a fifth of the clip has guessed its way through it.
-- `recoloured`: share of its tracks visible at the last frame whose colour differs from their frame-0
-  colour by more than `RECOLOUR_LEVELS`: a point on the same surface keeps its albedo (shading moves
-  it less), one on the wrong side of a checkered ball or on the floor does not. NaN when none is visible.
+- `recoloured`: share of its tracks visible at the last frame with no pixel within `RECOLOUR_RADIUS` of
+  their end whose colour is within `RECOLOUR_LEVELS` of their frame-0 colour: a point on the same surface
+  keeps its albedo (shading moves it less), one on the wrong side of a checkered ball or on the floor does
+  not. The radius forgives what an accurate track does on a pattern: a sub-pixel error, or rounding, lands it
+  on the next square's colour at an edge (rolling checkered balls tracked to 1 px read 0.21-0.36 pixel by
+  pixel). NaN when none is visible.
 - `colour_change`: median change of colour (sum of |RGB| differences, 0-765) between each visible
   track's frame-0 pixel and its pixel at the last frame.
 
@@ -47,6 +50,7 @@ import numpy as np
 from pointvid_pipeline.stages.point_maps import DEPTH_TOLERANCE, surface_depth
 
 RECOLOUR_LEVELS = 200  # sum of |RGB| differences (0-765) above which a track's pixel has changed colour
+RECOLOUR_RADIUS = 1  # pixels: a track is recoloured when no pixel of the (2 r + 1)^2 square around its end keeps its colour
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,20 @@ class GateThresholds:
 # such objects 25-42 px off while seen counted as good ones the gate removed), tracker 5, seeds 0-3: default scenes
 # unchanged; other seeds failed 30/28/35/32, P 0.77/0.70/0.79/0.76, R 0.90/0.93/0.97/0.91 (point_map_quality.py
 # --tracker-seeds 4).
-GATE_THRESHOLDS = GateThresholds(max_floating=0.25, max_hidden_unoccluded=math.inf, max_hidden_frames=0.2, max_recoloured=0.2, max_colour_change=math.inf)
+# `recoloured` forgiving 1 px (RECOLOUR_RADIUS): rolling checkered balls tracked to 1 px read 0.21-0.36 pixel by pixel,
+# and half of the good objects removed on the other seeds were removed for that alone. Swept again over tracker seeds
+# 0-3 pooled (default and other seeds; held-out scenes untouched until the choice), P / R on the 112 other-seed and
+# held-out scenes x 4 draws, and failed objects left in the default scenes per draw:
+#     1 px colour test, (floating, hidden_frames, recoloured)
+#     before: pixel colour test, (0.25, 0.2, 0.2)     P 0.784 R 0.889   default 1/1/0/1
+#     (0.25, 0.2, 0.2)                                P 0.848 R 0.868   default 1/2/0/1
+#     (0.22, 0.15, 0.2)  chosen                       P 0.828 R 0.918   default 0/2/0/0
+#     (0.22, 0.2, 0.2)                                P 0.833 R 0.871   default 0/2/0/0
+#     (0.2, 0.15, 0.25)                               P 0.822 R 0.916   default 0/2/0/0
+# chosen, per set: default P 0.83 R 0.91; other seeds P 0.80 R 0.96 (0.86/0.70/0.83/0.81 per draw); held-out P 0.86
+# R 0.88 (0.82/0.86/0.89/0.88). The default scenes' two in draw 1 (a rolling teddy 9.7 px and a ball 8.3 px off at
+# the end) show no signal: floating 0.10-0.12, never hidden, colours kept; nor do the held-out set's 2-5 per draw.
+GATE_THRESHOLDS = GateThresholds(max_floating=0.22, max_hidden_unoccluded=math.inf, max_hidden_frames=0.15, max_recoloured=0.2, max_colour_change=math.inf)
 
 
 def object_signals(frames: np.ndarray, depth: np.ndarray, tracks_uvd: np.ndarray, visibility: np.ndarray, query_labels: np.ndarray, query_uv: np.ndarray) -> dict[int, dict[str, float]]:
@@ -109,10 +126,14 @@ def object_signals(frames: np.ndarray, depth: np.ndarray, tracks_uvd: np.ndarray
     on_surface = in_frame & (np.abs(tracks_uvd[..., 2] - surface) <= DEPTH_TOLERANCE * surface)  # (T, N)
     hidden_on_surface = ~visibility & on_surface
     start_colour = frames[0, query_uv[:, 1], query_uv[:, 0]].astype(np.int32)
-    end_col = np.clip(np.rint(tracks_uvd[-1, :, 0]), 0, width - 1).astype(np.intp)
-    end_row = np.clip(np.rint(tracks_uvd[-1, :, 1]), 0, height - 1).astype(np.intp)
-    end_colour = frames[-1, end_row, end_col].astype(np.int32)
-    colour_change = np.abs(end_colour - start_colour).sum(axis=-1)
+    end_col, end_row = np.rint(tracks_uvd[-1, :, 0]).astype(np.intp), np.rint(tracks_uvd[-1, :, 1]).astype(np.intp)
+    changes = {  # (d_row, d_col) -> per track, colour change from frame 0 to that neighbour of its end pixel
+        (d_row, d_col): np.abs(frames[-1, np.clip(end_row + d_row, 0, height - 1), np.clip(end_col + d_col, 0, width - 1)].astype(np.int32) - start_colour).sum(axis=-1)
+        for d_row in range(-RECOLOUR_RADIUS, RECOLOUR_RADIUS + 1)
+        for d_col in range(-RECOLOUR_RADIUS, RECOLOUR_RADIUS + 1)
+    }  # fmt: skip
+    colour_change = changes[0, 0]
+    recoloured = np.min(list(changes.values()), axis=0) > RECOLOUR_LEVELS
     signals = {}
     for object_id in np.unique(query_labels[query_labels > 0]):
         mine = query_labels == object_id
@@ -123,7 +144,7 @@ def object_signals(frames: np.ndarray, depth: np.ndarray, tracks_uvd: np.ndarray
             "floating": float(in_front[1:, mine].mean(axis=1).max()) if frame_count > 1 else 0.0,
             "hidden_unoccluded": float(hidden_share[-1]),
             "hidden_frames": float((hidden_share[1:] > 0.5).mean()) if frame_count > 1 else 0.0,
-            "recoloured": float((colour_change[seen_at_end] > RECOLOUR_LEVELS).mean()) if seen_at_end.any() else float("nan"),
+            "recoloured": float(recoloured[seen_at_end].mean()) if seen_at_end.any() else float("nan"),
             "colour_change": float(np.median(colour_change[seen_at_end])) if seen_at_end.any() else float("nan"),
         }
     return signals
