@@ -226,7 +226,7 @@ def synth_command(args) -> int:
     if args.out is None:
         sys.stdout.write(text)
         return 0
-    atomic_write_bytes(Path(args.out), text.encode())
+    atomic_write_bytes(Path(args.out), text.encode(), setting="--out")
     views = f", {len(scenes) * args.cameras} views" if args.cameras > 1 else ""
     print(f"{len(scenes)} scenes{views}: {args.out} (curate with: pointvid run --scenes {args.out})", file=sys.stderr)
     return 0

@@ -28,12 +28,13 @@ class RejectionReason(str, Enum):
     missing_storage_driver = "missing_storage_driver"
     invalid_setting = "invalid_setting"
     backend_unavailable = "backend_unavailable"
+    disk_full = "disk_full"
 
 
 class RejectionClass(str, Enum):
     permanent = "permanent"  # about the row itself: the same input fails the same way; never retried
     transient = "transient"  # about the moment (network, server, memory): retried with backoff in the run, then by --retry-transient
-    configuration = "configuration"  # about the run's settings or environment: stops the run before any row; the message names the fix
+    configuration = "configuration"  # about the run's settings or environment: stops the run (before any row when it can be known then); the message names the fix
 
 
 _P, _T, _C = RejectionClass.permanent, RejectionClass.transient, RejectionClass.configuration
@@ -57,6 +58,7 @@ REASONS: dict[RejectionReason, tuple[RejectionClass, str]] = {
     RejectionReason.missing_storage_driver: (_C, "a video URL's protocol is unknown to fsspec or its driver is not installed (`pip install s3fs`)"),
     RejectionReason.invalid_setting: (_C, "a setting out of range or not a number (e.g. POINTVID_FRAME_STRIDE=0)"),
     RejectionReason.backend_unavailable: (_C, "a configured backend cannot load: missing weights, checkout or endpoint, no CUDA"),
+    RejectionReason.disk_full: (_C, "no space left (ENOSPC) or disk quota exceeded (EDQUOT) where the run writes: free space there, or point --data-dir / POINTVID_DATA_DIR at a disk with room, and run again"),
 }
 
 # `pointvid run --retry-transient` processes rows ledgered with these reasons again.
@@ -76,8 +78,9 @@ def reasons_markdown() -> str:
 class ConfigurationError(ValueError):
     """The run's settings or environment are wrong: no row can succeed until they change.
 
-    Raised before any row is processed (settings, video URL protocols) or by a backend that cannot load;
-    never a ledger row. The message names the setting or package and the fix.
+    Raised before any row is processed (settings, video URL protocols), or when met: by a backend that
+    cannot load, by a write that finds the disk full; never a ledger row. The message names the setting
+    or package and the fix.
     """
 
     reason = RejectionReason.invalid_setting
@@ -86,6 +89,10 @@ class ConfigurationError(ValueError):
         super().__init__(message)
         if reason is not None:
             self.reason = reason
+
+    def one_line(self) -> str:
+        """What `pointvid` prints and a failed Dagster step shows."""
+        return f"configuration error ({self.reason.value}): " + " ".join(str(self).splitlines())
 
 
 class BackendUnavailable(ConfigurationError, RuntimeError):

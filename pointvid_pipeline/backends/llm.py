@@ -239,7 +239,7 @@ class ChatEndpointObjectExtractor:
         else:
             answer, failure = self._ask(text, key)
             if answer is not None:
-                atomic_write_json(cache_path, {"model": self.model, "prompt_version": self.prompt.version, "caption": text, "answer": answer})
+                atomic_write_json(cache_path, {"model": self.model, "prompt_version": self.prompt.version, "caption": text, "answer": answer}, setting="POINTVID_LLM_CACHE_DIR")
         return _resolve(caption, answer, failure, self._fallback)
 
     def _ask(self, caption: str, key: str) -> tuple[str | None, str]:

@@ -3,7 +3,8 @@
 The stage store stays on a local or shared POSIX directory (memory maps, atomic renames); only
 finished files are copied out. Each goes to a temporary name beside its final one and is then
 moved onto it, so a reader of the destination never sees half a file: on `file://` the move is a
-rename, on object stores the final object is created whole by one copy.
+rename, on object stores the final object is created whole by one copy. A local destination that
+is full raises ConfigurationError (`disk_full`), as the stage store's writes do.
 
 Credentials never travel as settings. fsspec backends read their own environment
 (AWS_ACCESS_KEY_ID / AWS_PROFILE for s3fs, GOOGLE_APPLICATION_CREDENTIALS for gcsfs, ...);
@@ -16,10 +17,14 @@ import json
 import os
 import posixpath
 import uuid
+from contextlib import nullcontext
 from pathlib import Path
 
 from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
+
+from pointvid_pipeline.storage.disk_full import disk_full_as_configuration_error
 
 STORAGE_OPTIONS_ENV = "POINTVID_STORAGE_OPTIONS"
 
@@ -59,12 +64,14 @@ def publish_file(local_path: Path, uri: str, storage_options: dict | None) -> st
     fs, path = output_filesystem(uri, storage_options_from_env() if storage_options is None else storage_options)
     folder, name = posixpath.split(path)
     temporary = posixpath.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
-    try:
-        _put_file(fs, local_path, temporary)
-        fs.mv(temporary, path)
-    except BaseException:
-        _remove_if_present(fs, temporary)
-        raise
+    local = isinstance(fs, LocalFileSystem)  # a full disk of this machine: `disk_full`; object stores answer otherwise
+    with disk_full_as_configuration_error(Path(path), "POINTVID_OUTPUT_URI") if local else nullcontext():
+        try:
+            _put_file(fs, local_path, temporary)
+            fs.mv(temporary, path)
+        except BaseException:
+            _remove_if_present(fs, temporary)
+            raise
     return uri
 
 
