@@ -11,12 +11,13 @@ import json
 import os
 import sys
 import tarfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from pointvid_pipeline.rejections import ConfigurationError
 from pointvid_pipeline.settings import STAGE_FILE_POLICIES
 
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # the progress bar tells the story; the UI has the logs
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}  # the progress bar tells the story, `_succeeded` the failures; the UI has the logs
 
 
 def _apply_arguments_to_environment(args) -> None:
@@ -46,19 +47,27 @@ def _settings_and_partitions(args, parser: argparse.ArgumentParser):
         settings = PipelineSettings.from_env()
         return settings, list(partition_rows(settings))
     except ConfigurationError as exc:  # a setting out of range or unknown (POINTVID_PROFILE, POINTVID_MANIFEST_ENCODING, ...)
-        parser.error(f"configuration error ({exc.reason.value}): " + " ".join(str(exc).splitlines()))
+        parser.error(exc.one_line())
     except ValueError as exc:  # ManifestError: no video column, unreadable, unparseable
         parser.error(" ".join(str(exc).splitlines()))
 
 
-def _dagster_home(settings) -> Path:
-    """A persistent Dagster home (never the CLI's temporary one)."""
+@contextmanager
+def _dagster_instance(settings):
+    """The persistent Dagster instance (never the CLI's temporary one) and its home. Its storage, or a run
+    in it, finding the disk full is the `disk_full` configuration error, as the pipeline's own writes are."""
+    from dagster import DagsterInstance
+
+    from pointvid_pipeline.storage.disk_full import disk_full_as_configuration_error
+
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(settings.data_dir / "dagster_home"))).resolve()
     os.environ["DAGSTER_HOME"] = str(home)
-    home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    return home
+    with disk_full_as_configuration_error(home, "--data-dir / POINTVID_DATA_DIR (or DAGSTER_HOME)"):
+        home.mkdir(parents=True, exist_ok=True)
+        if not (home / "dagster.yaml").exists():
+            (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        with DagsterInstance.get() as instance:
+            yield instance, home
 
 
 def register_partitions(instance, partitions: list[str]) -> list[str]:
@@ -74,10 +83,7 @@ def register_partitions(instance, partitions: list[str]) -> list[str]:
 
 
 def partitions_command(args, settings, partitions: list[str]) -> int:
-    home = _dagster_home(settings)
-    from dagster import DagsterInstance
-
-    with DagsterInstance.get() as instance:
+    with _dagster_instance(settings) as (instance, home):
         new = register_partitions(instance, partitions)
     print(f"{len(partitions)} partitions ({len(new)} new) registered in {home}:", file=sys.stderr)
     print("\n".join(partitions))
@@ -102,9 +108,23 @@ def _partitions_to_retry(settings, partitions: list[str], reasons: list[str]) ->
     return chosen
 
 
+def _succeeded(result) -> bool:
+    """Whether a Dagster run succeeded; a failed step's error is printed with its stack trace, but a
+    ConfigurationError (a full disk, a backend that cannot load) is raised for `main` to print in one
+    line: every further partition would fail the same way."""
+    from tqdm import tqdm
+
+    from pointvid_pipeline.dagster_defs.assets import configuration_error
+
+    error = configuration_error(result)
+    if error is not None:
+        raise error
+    for event in result.get_step_failure_events():
+        tqdm.write(f"step {event.step_key} failed: {event.step_failure_data.error_display_string}", file=sys.stderr)
+    return result.success
+
+
 def run(args, settings, partitions: list[str]) -> int:
-    home = _dagster_home(settings)
-    from dagster import DagsterInstance
     from tqdm import tqdm
 
     from pointvid_pipeline.dagster_defs.assets import RETRY_TAG
@@ -124,17 +144,16 @@ def run(args, settings, partitions: list[str]) -> int:
             print(f"unknown partitions {unknown}; the input has {partitions[:5]}{'...' if len(partitions) > 5 else ''}", file=sys.stderr)
             return 2
         partitions = [p for p in partitions if p in args.partition]
-    with DagsterInstance.get() as instance:
+    with _dagster_instance(settings) as (instance, home):
         register_partitions(instance, partitions)
         curate = defs.resolve_job_def("curate_shard")
         failed = []
         with tqdm(partitions, desc="shards", unit="shard") as progress:
             for partition in progress:
                 progress.set_postfix_str(partition)
-                result = curate.execute_in_process(partition_key=partition, instance=instance, run_config=QUIET, tags=tags, raise_on_error=False)
-                if not result.success:
+                if not _succeeded(curate.execute_in_process(partition_key=partition, instance=instance, run_config=QUIET, tags=tags, raise_on_error=False)):
                     failed.append(partition)
-        dataset_ok = defs.resolve_job_def("build_dataset").execute_in_process(instance=instance, run_config=QUIET, raise_on_error=False).success
+        dataset_ok = _succeeded(defs.resolve_job_def("build_dataset").execute_in_process(instance=instance, run_config=QUIET, raise_on_error=False))
     summary_path = settings.dataset_dir / "summary.json"
     print(f"shards:       {settings.shards_dir}")
     print(f"dataset card: {settings.dataset_dir / 'README.md'}")
@@ -284,8 +303,8 @@ def main(argv: list[str] | None = None) -> int:
             settings, partitions = _settings_and_partitions(args, parser)
             return (run if args.command == "run" else partitions_command)(args, settings, partitions)
         return {"inspect": inspect_command, "stats": stats_command, "evaluate": evaluate_command, "synth": synth_command}[args.command](args)
-    except ConfigurationError as error:  # settings or environment: nothing was processed; the message names the fix
-        print(f"configuration error ({error.reason.value}): {error}", file=sys.stderr)
+    except ConfigurationError as error:  # settings or environment (a full disk included): the message names the fix
+        print(error.one_line(), file=sys.stderr)
         return 2
 
 

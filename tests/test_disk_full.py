@@ -1,30 +1,43 @@
-"""A full disk is one configuration error (`disk_full`) naming the file, the space left and the fix; the
-half-written temporary file is removed and a write once there is room works as usual.
+"""A full disk stops the run with one configuration line (`disk_full`) naming the file, the space left and the
+fix; the half-written temporary file is removed and a rerun once there is room runs as usual.
 
-ENOSPC / EDQUOT injected into the writes (stage arrays, JSON, a published file), numpy's errno-less report of a
-full disk, and SQLite's own "database or disk is full".
+Every machine: ENOSPC / EDQUOT injected into the writes (stage arrays, JSON, a published file), numpy's
+errno-less report of a full disk, SQLite's own "database or disk is full", and a Dagster run and `pointvid run`
+in-process with the injected error. As root where tmpfs can be mounted: `pointvid run` on a real filesystem
+with 2 MB left, then again once the space is freed.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import sqlite3
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from dagster import DagsterInstance
 
+from pointvid_pipeline.cli import main, register_partitions
+from pointvid_pipeline.dagster_defs.assets import configuration_error
+from pointvid_pipeline.dagster_defs.definitions import build_definitions
+from pointvid_pipeline.pipeline import partition_rows
 from pointvid_pipeline.rejections import (
     ConfigurationError,
     RejectionClass,
     RejectionReason,
     rejection_class,
 )
+from pointvid_pipeline.settings import PipelineSettings
 from pointvid_pipeline.storage.disk_full import disk_full_as_configuration_error
 from pointvid_pipeline.storage.publish import publish_file
 from pointvid_pipeline.storage.stage_store import StageStore, atomic_write_json
 
+REPO = Path(__file__).resolve().parents[1]
 FIX = "free space there, or point --data-dir / POINTVID_DATA_DIR at a disk with room, and run again"
 CAUSES = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
 
@@ -127,3 +140,82 @@ def test_sqlite_finding_the_disk_full_is_a_full_disk(tmp_path):
 def test_other_write_errors_pass_through(tmp_path):
     with pytest.raises(PermissionError), disk_full_as_configuration_error(tmp_path / "x"):
         raise PermissionError(errno.EACCES, "Permission denied")
+
+
+@pytest.fixture
+def one_clip(tmp_path) -> PipelineSettings:
+    return PipelineSettings(data_dir=tmp_path / "data", shard_size=1)
+
+
+def test_the_dagster_step_fails_with_the_one_line(one_clip, monkeypatch):
+    fail_saves(monkeypatch, errno.ENOSPC)
+    with DagsterInstance.ephemeral() as instance:
+        partition = register_partitions(instance, list(partition_rows(one_clip)))[0]
+        result = build_definitions(one_clip).resolve_job_def("curate_shard").execute_in_process(partition_key=partition, instance=instance, raise_on_error=False)
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    data = failure.step_failure_data.user_failure_data
+    assert failure.step_key == "clips" and data.description.startswith("configuration error (disk_full): no space left on device writing ") and "\n" not in data.description
+    assert (data.metadata["reason"].value, data.metadata["class"].value) == ("disk_full", "configuration")
+    assert configuration_error(result).one_line() == data.description
+    assert leftovers(one_clip.data_dir) == [] and not list(one_clip.stages_dir.glob("*/*/_index.json"))
+
+
+def test_pointvid_run_prints_one_line_and_exits_2(one_clip, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    fail_saves(monkeypatch, errno.EDQUOT)
+    code = main(["run", "--data-dir", str(one_clip.data_dir), "--shard-size", "1", "--partition", "shard-00000"])
+    stderr = capsys.readouterr().err
+    assert code == 2, stderr
+    assert stderr.rstrip().splitlines()[-1].startswith("configuration error (disk_full): disk quota exceeded writing ")
+    assert "Traceback" not in stderr and "Stack Trace" not in stderr and "FAILED partitions" not in stderr
+    assert leftovers(one_clip.data_dir) == []
+
+
+def test_pointvid_run_still_prints_any_other_step_error_with_its_stack_trace(one_clip, monkeypatch, capsys, tmp_path):
+    """Dagster's console log is off in `pointvid run`; a failure that is not a configuration error is printed by the CLI."""
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(np, "save", lambda file, array, allow_pickle: 1 / 0)
+    code = main(["run", "--data-dir", str(one_clip.data_dir), "--shard-size", "1", "--partition", "shard-00000"])
+    stderr = capsys.readouterr().err
+    assert code == 1 and "step clips failed: " in stderr and "ZeroDivisionError" in stderr and "Stack Trace" in stderr
+    assert "FAILED partitions: ['shard-00000']" in stderr
+
+
+@pytest.fixture
+def nearly_full_tmpfs():
+    """A 96 MB tmpfs with all but about 2 MB taken by a filler file (removing it frees the space). Needs root."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root: the full-disk run on a real filesystem is skipped (the injected ENOSPC tests still run)")
+    mount = Path(tempfile.mkdtemp(prefix="pointvid-full-"))
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs", str(mount)], capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        mount.rmdir()
+        pytest.skip(f"cannot mount a tmpfs here ({' '.join(mounted.stderr.split())}): the full-disk run on a real filesystem is skipped")
+    try:
+        filler = mount / "filler"
+        with open(filler, "wb") as f:
+            os.posix_fallocate(f.fileno(), 0, os.statvfs(mount).f_bavail * os.statvfs(mount).f_frsize - 2 * 2**20)
+        yield mount, filler
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+        mount.rmdir()
+
+
+def test_pointvid_run_on_a_full_filesystem_then_again_once_there_is_room(nearly_full_tmpfs):
+    mount, filler = nearly_full_tmpfs
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POINTVID_", "DAGSTER_HOME"))}  # Dagster's home: <data dir>/dagster_home, on the full disk too
+    command = [sys.executable, "-m", "pointvid_pipeline.cli", "run", "--data-dir", str(mount / "data"), "--shard-size", "1", "--partition", "shard-00000"]
+    full = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert full.returncode == 2, full.stdout + full.stderr
+    line = full.stderr.rstrip().splitlines()[-1]  # the first write to find no room: a stage array, or Dagster's run storage in <data dir>/dagster_home
+    assert re.match(rf"configuration error \(disk_full\): (no space left on device|database or disk is full) writing {mount}/data/", line), full.stderr
+    assert " MB free on its disk): free space there, or point --data-dir / POINTVID_DATA_DIR" in line
+    assert "Traceback" not in full.stderr and "Stack Trace" not in full.stderr
+    assert leftovers(mount) == []
+
+    filler.unlink()
+    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (mount / "data" / "shards" / "shard-00000.tar").stat().st_size > 0 and (mount / "data" / "dataset" / "README.md").exists()
+    assert leftovers(mount) == []

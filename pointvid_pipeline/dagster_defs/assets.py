@@ -2,6 +2,7 @@
 
 
 import base64
+from contextlib import contextmanager
 
 from dagster import (
     AssetCheckResult,
@@ -10,6 +11,8 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     DynamicPartitionsDefinition,
+    ExecuteInProcessResult,
+    Failure,
     MaterializeResult,
     MetadataValue,
     asset,
@@ -18,6 +21,11 @@ from dagster import (
 from pointvid_pipeline.dagster_defs.resources import stage_backends
 from pointvid_pipeline.dataset import build_dataset
 from pointvid_pipeline.pipeline import STAGES, StageReport, partition_rows, run_stage
+from pointvid_pipeline.rejections import (
+    ConfigurationError,
+    RejectionReason,
+    rejection_class,
+)
 from pointvid_pipeline.settings import PipelineSettings
 from pointvid_pipeline.storage.shard_format import CHECKS
 from pointvid_pipeline.tools.previews import partition_previews, shard_samples_markdown
@@ -48,6 +56,28 @@ def initialize_model_pool(instance) -> None:
     known = {pool.name for pool in instance.event_log_storage.get_pool_limits()}
     if MODEL_POOL not in known and instance.global_op_concurrency_default_limit is not None:
         instance.event_log_storage.initialize_concurrency_limit_to_default(MODEL_POOL)
+
+
+@contextmanager
+def configuration_errors_fail_the_step():
+    """A ConfigurationError ends the step as a Failure showing its one line, never retried: nothing can
+    succeed until the configuration changes. The metadata lets `configuration_error` rebuild it."""
+    try:
+        yield
+    except ConfigurationError as error:
+        metadata = {"reason": error.reason.value, "class": rejection_class(error.reason).value, "detail": str(error)}
+        raise Failure(description=error.one_line(), metadata=metadata, allow_retries=False) from None
+
+
+def configuration_error(result: ExecuteInProcessResult) -> ConfigurationError | None:
+    """The ConfigurationError that failed a step of `result` (see configuration_errors_fail_the_step), if one did."""
+    for event in result.get_step_failure_events():
+        failure = event.step_failure_data.user_failure_data
+        if failure is not None and {"reason", "detail"} <= failure.metadata.keys():
+            return ConfigurationError(failure.metadata["detail"].value, RejectionReason(failure.metadata["reason"].value))
+    return None
+
+
 STAGE_KINDS = {
     "clips": {"python", "video"},
     "object_prompts": {"python", "text"},
@@ -112,7 +142,8 @@ def _stage_asset(stage: str, upstream: str | None):
         settings = context.resources.pipeline_settings.settings()
         retry = [reason for reason in context.run.tags.get(RETRY_TAG, "").split(",") if reason]
         storage_options = context.resources.pipeline_settings.storage_options()
-        report = run_stage(stage, context.partition_key, settings, stage_backends(context.resources), retry=retry, storage_options=storage_options)
+        with configuration_errors_fail_the_step():
+            report = run_stage(stage, context.partition_key, settings, stage_backends(context.resources), retry=retry, storage_options=storage_options)
         context.log.info(f"{stage} {context.partition_key}: {report.accepted} accepted, rejected here {report.rejected_here}, {report.seconds:.2f}s")
         check_results = None
         if is_shards:
@@ -145,7 +176,8 @@ NO_LOST_OBJECTS = "no_lost_object_shipped"
 def dataset(context: AssetExecutionContext) -> MaterializeResult:
     settings = context.resources.pipeline_settings.settings()
     partitions = list(partition_rows(settings))
-    summary = build_dataset(settings, partitions, context.resources.pipeline_settings.storage_options())
+    with configuration_errors_fail_the_step():
+        summary = build_dataset(settings, partitions, context.resources.pipeline_settings.storage_options())
     point_map = summary["quality_vs_ground_truth"].get("point_map", {})
     lost = point_map.get("lost_objects_shipped", [])
     pooled = point_map.get("pooled", {}).get("all/1-15", {})

@@ -6,11 +6,11 @@ a deployment started with POINTVID_SCENES=generated curates that file (the senso
 
 from collections import Counter
 
-from dagster import AssetExecutionContext, AssetKey, Config, Failure, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
+from pointvid_pipeline.dagster_defs.assets import configuration_errors_fail_the_step
 from pointvid_pipeline.dagster_defs.resources import PipelineSettingsResource
-from pointvid_pipeline.rejections import ConfigurationError, rejection_class
 from pointvid_pipeline.settings import GENERATED_SCENES
 from pointvid_pipeline.storage.shard_format import file_md5
 from pointvid_pipeline.storage.stage_store import atomic_write_bytes
@@ -34,16 +34,10 @@ class SceneDrawConfig(Config):
 )
 def synthetic_scene_specs(context: AssetExecutionContext, config: SceneDrawConfig, pipeline_settings: PipelineSettingsResource) -> MaterializeResult:
     settings = pipeline_settings.settings()
-    try:
-        scenes = generate_scenes(config.count, config.seed, config.cameras)
-    except ConfigurationError as error:  # nothing is written; a retry cannot help
-        raise Failure(
-            description=f"configuration error ({error.reason.value}): {error}",
-            metadata={"reason": error.reason.value, "class": rejection_class(error.reason).value},
-            allow_retries=False,
-        ) from None
     path = settings.generated_scenes_path
-    atomic_write_bytes(path, scenes_json(scenes).encode())
+    with configuration_errors_fail_the_step():  # a bad draw writes nothing
+        scenes = generate_scenes(config.count, config.seed, config.cameras)
+        atomic_write_bytes(path, scenes_json(scenes).encode())
     if not settings.curates_generated_scenes:
         context.log.warning(f"this deployment curates {settings.manifest or settings.scenes or 'the default scenes'}; start it with POINTVID_SCENES={GENERATED_SCENES} to curate {path}")
     programs = [program for scene in scenes for program in (scene["camera"] if config.cameras > 1 else [scene["camera"]])]
