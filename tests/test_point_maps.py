@@ -83,6 +83,17 @@ def test_equals_literal_algorithm_1(case, k):
 
 
 @pytest.mark.parametrize("case", CASES)
+def test_product_in_chunks_gives_the_same_bits(case, monkeypatch):
+    tracks, query_uv, mask = CASES[case]()
+    whole, _ = densify_absolute_tracks(tracks, query_uv, mask)
+
+    monkeypatch.setattr("pointvid_pipeline.stages.point_maps.PRODUCT_ROWS", 7)
+    chunked, _ = densify_absolute_tracks(tracks, query_uv, mask)
+
+    assert chunked.tobytes() == whole.tobytes()
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_background_is_exactly_zero_and_foreground_is_filled(case):
     tracks, query_uv, mask = CASES[case]()
 

@@ -34,6 +34,8 @@ from scipy.spatial import cKDTree
 from pointvid_pipeline.clip import per_frame_intrinsics, project, rigid_fit, unproject
 from pointvid_pipeline.settings import DENSIFICATION_METHODS
 
+PRODUCT_ROWS = 4096  # pixels per sparse product in densify_absolute_tracks
+
 
 def densify_absolute_tracks(
     tracks_uvd: np.ndarray, query_uv: np.ndarray, foreground_mask: np.ndarray, k: int = 3
@@ -83,12 +85,17 @@ def densify_absolute_tracks(
         weights = 1.0 / distances  # distances >= 1: an untracked pixel never coincides with a P1 pixel
         weights /= weights.sum(axis=1, keepdims=True)
         # Interpolation as a sparse (pixels x tracks) weight matrix times the (tracks, T*3) track rows;
-        # each output row accumulates its k terms in rank order, exactly like the literal loop.
-        weight_matrix = sparse.csr_matrix(
-            (weights.ravel(), ind.ravel(), np.arange(0, weights.size + 1, weights.shape[1])),
-            shape=(len(pixels), len(p1_uv)),
-        )
-        pixel_rows[untracked_flat] = weight_matrix @ p1_rows.astype(np.float64)
+        # each output row accumulates its k terms in rank order, exactly like the literal loop. A few
+        # thousand pixels at a time, so each float64 product (1.5 MB) is copied out while still in cache.
+        p1_rows = p1_rows.astype(np.float64)
+        rank_count = weights.shape[1]
+        for start in range(0, len(untracked_flat), PRODUCT_ROWS):
+            chunk = slice(start, start + PRODUCT_ROWS)
+            weight_matrix = sparse.csr_matrix(
+                (weights[chunk].ravel(), ind[chunk].ravel(), np.arange(0, weights[chunk].size + 1, rank_count)),
+                shape=(len(weights[chunk]), len(p1_uv)),
+            )
+            pixel_rows[untracked_flat[chunk]] = weight_matrix @ p1_rows
     dense = pixel_rows.reshape(height, width, frame_count, 3).transpose(2, 0, 1, 3)
     return dense, tracked
 
