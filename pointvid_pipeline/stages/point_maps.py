@@ -63,7 +63,7 @@ def densify_absolute_tracks(
     if not in_foreground.any():
         raise ValueError("no tracked point starts inside the foreground mask")
     p1_uv = query_uv[in_foreground]
-    p1_rows = tracks_uvd[:, in_foreground, :].transpose(1, 0, 2).reshape(len(p1_uv), frame_count * 3)  # row j: P1[j]'s T x 3 values
+    p1_rows = tracks_uvd.transpose(1, 0, 2)[in_foreground].reshape(len(p1_uv), frame_count * 3)  # row j: P1[j]'s T x 3 values
     # Line 1, pixel-major: row v * W + u holds pixel (u, v)'s T x 3 values, so each pixel is one contiguous write
     # (into (T, H, W, 3) it is T scattered 12-byte writes; the whole function took ~1.2x longer that way).
     pixel_rows = np.zeros((height * width, frame_count * 3), dtype=np.float32)
@@ -79,8 +79,8 @@ def densify_absolute_tracks(
     if len(untracked_flat):
         tree = cKDTree(p1_uv.astype(np.float64))  # line 5
         neighbour_ranks = list(range(1, min(k, len(p1_uv)) + 1))
-        untracked_v, untracked_u = np.divmod(untracked_flat, width)
-        pixels = np.stack([untracked_u, untracked_v], axis=1).astype(np.float64)
+        pixels = np.empty((len(untracked_flat), 2))  # float64 (u, v), as the literal loop asks the tree
+        pixels[:, 1], pixels[:, 0] = np.divmod(untracked_flat, width)
         distances, ind = tree.query(pixels, k=neighbour_ranks)
         weights = 1.0 / distances  # distances >= 1: an untracked pixel never coincides with a P1 pixel
         weights /= weights.sum(axis=1, keepdims=True)
@@ -88,12 +88,12 @@ def densify_absolute_tracks(
         # each output row accumulates its k terms in rank order, exactly like the literal loop. A few
         # thousand pixels at a time, so each float64 product (1.5 MB) is copied out while still in cache.
         p1_rows = p1_rows.astype(np.float64)
-        rank_count = weights.shape[1]
+        ind = ind.astype(np.int32)  # scipy's index dtype here: no check and copy per chunk
         for start in range(0, len(untracked_flat), PRODUCT_ROWS):
             chunk = slice(start, start + PRODUCT_ROWS)
             weight_matrix = sparse.csr_matrix(
-                (weights[chunk].ravel(), ind[chunk].ravel(), np.arange(0, weights[chunk].size + 1, rank_count)),
-                shape=(len(weights[chunk]), len(p1_uv)),
+                (weights[chunk].ravel(), ind[chunk].ravel(), np.arange(0, ind[chunk].size + 1, ind.shape[1], dtype=np.int32)),
+                shape=(len(ind[chunk]), len(p1_uv)),
             )
             pixel_rows[untracked_flat[chunk]] = weight_matrix @ p1_rows
     dense = pixel_rows.reshape(height, width, frame_count, 3).transpose(2, 0, 1, 3)
