@@ -137,9 +137,10 @@ def densify_point_map(
     foreground = labels > 0
     if method == "paper":
         uvd, tracked = densify_absolute_tracks(tracks_uvd, query_uv, foreground, k)
-        visible = np.ones(uvd.shape[:3], bool)
-        visible[:, tracked] = _pixel_track_visibility(track_visible, query_uv, foreground)[:, tracked]
-        visible &= depth_test(uvd, depth, depth_tolerance) & foreground
+        # Foreground pixels only (a third of the frame or less); the background is never visible.
+        track_seen = _pixel_track_visibility(track_visible, query_uv, foreground)[:, foreground]
+        visible = np.zeros(uvd.shape[:3], bool)
+        visible[:, foreground] = np.where(tracked[foreground], track_seen, True) & depth_test(uvd[:, foreground], depth, depth_tolerance)
         return PointMap(uvd, visible, foreground, tracked)
     intrinsics = per_frame_intrinsics(intrinsics, len(tracks_uvd))
     return _densify_displacements(np.asarray(tracks_uvd, np.float64), np.asarray(track_visible, bool), np.asarray(query_uv), labels, depth, intrinsics, k, depth_tolerance)
