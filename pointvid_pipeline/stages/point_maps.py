@@ -13,8 +13,10 @@ tracked pixels (nearest in frame-0 uv, weights 1/distance):
 - "paper": Algorithm 1 lines 3-14 as printed: every untracked pixel takes the weighted mean of its
   neighbours' *absolute* trajectories (so its own frame-0 position is lost), neighbours from any object.
   `densify_absolute_tracks` is the vectorised form of `paper_reference.densify_point_map_literal`: one
-  cKDTree query for all untracked pixels and one sparse matrix product instead of a per-pixel loop. Both
-  build the same tree and query it with the same arguments, so neighbour ties are broken identically.
+  cKDTree query for all untracked pixels and sparse matrix products instead of a per-pixel loop. Both
+  build the same tree and query it with the same arguments, so neighbour ties are broken identically;
+  the query is ~2/3 of its time (benchmarks/postprocess.py input), and another tree or query argument
+  would break ties differently.
 
 Visibility: a tracked pixel is seen when its tracker says so, an interpolated one when its neighbours'
 weighted visibility is at least one half; both must also pass the depth test (inside the frame and not
