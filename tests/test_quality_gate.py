@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 
 from pointvid_pipeline.backends.registry import StageBackends, lazy_backends
-from pointvid_pipeline.evaluation.track_errors import object_last_seen_errors
+from pointvid_pipeline.evaluation.track_errors import object_last_seen_errors, object_worst_frame_errors
 from pointvid_pipeline.pipeline import STAGES, partition_rows, run_stage
 from pointvid_pipeline.settings import PipelineSettings
 from pointvid_pipeline.stages.quality_gate import GATE_THRESHOLDS, GateThresholds, lost_objects, object_signals
@@ -167,3 +167,20 @@ def test_an_object_is_judged_at_its_last_frame_in_view_by_the_median_over_its_vi
     tracks[1, :3, 0] = 40.0
     assert object_last_seen_errors(tracks, labels, truth, hidden_at_end)[1] == 40.0
     assert np.isnan(object_last_seen_errors(tracks, labels, truth, np.zeros((3, 6), bool))[1])  # never seen after frame 0
+
+
+def test_an_object_is_judged_at_its_worst_frame_by_the_stricter_test():
+    labels = np.array([1, 1, 1, 2, 2, 0])
+    truth = np.zeros((3, 6, 3))
+    tracks = np.zeros((3, 6, 3))
+    tracks[1, :3, 0] = [20.0, 30.0, 40.0]  # object 1: 30 px off at frame 1 (median), back on target at the end
+    tracks[-1, :3, 0] = [1.0, 2.0, 3.0]
+    tracks[-1, 3:5, 1] = [9.0, 11.0]  # object 2: right at frame 1, 9 px at the end once the 11 px point is hidden
+    visible = np.ones((3, 6), bool)
+    visible[-1, 4] = False
+
+    assert object_last_seen_errors(tracks, labels, truth, visible) == {1: 2.0, 2: 9.0}
+    assert object_worst_frame_errors(tracks, labels, truth, visible) == {1: 30.0, 2: 9.0}
+    visible[1, :3] = False  # not seen at frame 1: its error there does not count
+    assert object_worst_frame_errors(tracks, labels, truth, visible)[1] == 2.0
+    assert np.isnan(object_worst_frame_errors(tracks, labels, truth, np.zeros((3, 6), bool))[1])
