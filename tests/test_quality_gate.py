@@ -8,7 +8,7 @@ from pointvid_pipeline.backends.registry import StageBackends, lazy_backends
 from pointvid_pipeline.evaluation.track_errors import object_last_seen_errors, object_worst_frame_errors
 from pointvid_pipeline.pipeline import STAGES, partition_rows, run_stage
 from pointvid_pipeline.settings import PipelineSettings
-from pointvid_pipeline.stages.quality_gate import GATE_THRESHOLDS, GateThresholds, lost_objects, object_signals
+from pointvid_pipeline.stages.quality_gate import FLOATING_RADIUS, GATE_THRESHOLDS, GateThresholds, lost_objects, object_signals
 from pointvid_pipeline.storage.stage_store import StageStore
 
 FRAMES, HEIGHT, WIDTH = 6, 30, 40
@@ -40,11 +40,25 @@ def test_tracks_left_behind_float_and_change_colour_and_are_judged_lost():
     signals = object_signals(frames, depth, tracks, visible, labels, queries)
 
     assert signals[1] == {"visible_at_end": 1.0, "floating": 0.0, "hidden_unoccluded": 0.0, "hidden_frames": 0.0, "recoloured": 0.0, "colour_change": 0.0}
-    assert signals[2]["floating"] > 0.8  # by the last frame the object moved 10 px: most tracks hang over the floor
+    assert signals[2]["floating"] == 0.8  # by the last frame the object moved 10 px: its tracks hang over the floor, but for
+    # the column 1 px from its new edge (FLOATING_RADIUS forgives a track that close to a nearer surface)
     assert signals[2]["colour_change"] > 200  # green at frame 0, blue floor at the end
     assert signals[2]["recoloured"] == 0.8  # every visible track left green for blue, but those 1 px from the object's new edge (u = 29)
     assert lost_objects(signals) == {2: ["floating", "recoloured"]}  # colour change is reported, not gated on (GATE_THRESHOLDS)
     assert lost_objects(signals, GateThresholds(max_floating=1.0, max_hidden_unoccluded=1.0, max_hidden_frames=1.0, max_recoloured=1.0, max_colour_change=100.0)) == {2: ["colour_change"]}
+
+
+def test_a_track_a_pixel_off_the_silhouette_does_not_float_and_one_further_off_does():
+    """Object 1 (columns 5-14) tracked right but for its left column (u 5), pushed left onto the floor behind it:
+    1 px off (a rounding at a thin part's edge) is forgiven by FLOATING_RADIUS, 3 px off hangs in free space."""
+    frames, depth, tracks, visible, labels, queries = scene()
+    left_column = (labels == 1) & (queries[:, 0] == 5)
+
+    tracks[-1, left_column, 0] = 5 - FLOATING_RADIUS
+    assert object_signals(frames, depth, tracks, visible, labels, queries)[1]["floating"] == 0.0
+
+    tracks[-1, left_column, 0] = 5 - FLOATING_RADIUS - 2
+    assert object_signals(frames, depth, tracks, visible, labels, queries)[1]["floating"] == left_column.sum() / (labels == 1).sum()
 
 
 def test_tracks_that_leave_the_frame_are_out_of_view_not_floating():
