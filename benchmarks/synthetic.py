@@ -46,7 +46,7 @@ from pointvid_pipeline.settings import PipelineSettings  # noqa: E402
 from pointvid_pipeline.storage.shard_format import load_points, read_samples  # noqa: E402
 from pointvid_pipeline.synthetic.cameras import MOVEMENTS  # noqa: E402
 from pointvid_pipeline.synthetic.generator import generate_scenes  # noqa: E402
-from pointvid_pipeline.synthetic.scenes import Light, SceneSpec, render_views  # noqa: E402
+from pointvid_pipeline.synthetic.scenes import MOTIONS, Light, SceneSpec, render_views  # noqa: E402
 from training.data import CAMERA_TAG  # noqa: E402
 
 
@@ -121,25 +121,30 @@ def curate(settings: PipelineSettings) -> dict[str, float]:
     return seconds
 
 
-def outcomes_by_movement(settings: PipelineSettings, rows: list[dict]) -> dict[str, dict]:
-    """Per camera movement: views accepted and rejected (by reason), objects removed by the gate, lost objects shipped."""
-    movement_of = {row.key: CAMERA_TAG.search(row.caption).group(1) for rows_ in partition_rows(settings).values() for row in rows_}  # generated specs are all valid
-    outcome: dict[str, dict] = {m: {"views": 0, "shipped": 0, "rejected": Counter(), "objects": 0, "removed_objects": 0, "lost_objects_shipped": 0} for m in MOVEMENTS}
-    for movement in movement_of.values():
-        outcome[movement]["views"] += 1
+def outcomes_by(settings: PipelineSettings, rows: list[dict], group_of: dict[str, str], groups: tuple[str, ...]) -> dict[str, dict]:
+    """Per group of views (`group_of`: sample key -> group): views accepted and rejected (by reason), objects removed
+    by the gate, lost objects shipped."""
+    outcome: dict[str, dict] = {g: {"views": 0, "shipped": 0, "rejected": Counter(), "objects": 0, "removed_objects": 0, "lost_objects_shipped": 0} for g in groups}
+    for group in group_of.values():
+        outcome[group]["views"] += 1
     for index_path in sorted(settings.shards_dir.glob("*.json")):
         index = json.loads(index_path.read_text())
         for sample in index["samples"]:
-            outcome[movement_of[sample["key"]]]["shipped"] += 1
+            outcome[group_of[sample["key"]]]["shipped"] += 1
         for rejected in index["rejected"]:
-            outcome[movement_of[rejected["key"]]]["rejected"][rejected["reason"]] += 1
+            outcome[group_of[rejected["key"]]]["rejected"][rejected["reason"]] += 1
     for row in rows:
         if row["object"] != "all" and row["subset"] == "all" and row["frames"] == "1-15":
-            figures = outcome[row["camera"]]
+            figures = outcome[group_of[row["key"]]]
             figures["objects"] += 1
             figures["removed_objects"] += row["shipped_pixels"] == 0
             figures["lost_objects_shipped"] += row.get("last_frame_median_px", 0) > LOST_OBJECT_PX
-    return {m: {**o, "rejected": dict(o["rejected"])} for m, o in outcome.items() if o["views"]}
+    return {g: {**o, "rejected": dict(o["rejected"])} for g, o in outcome.items() if o["views"]}
+
+
+def _outcome_cells(outcome: dict) -> list:
+    rejected = ", ".join(f"{reason} {count}" for reason, count in outcome["rejected"].items()) or "0"
+    return [outcome["views"], outcome["shipped"], rejected, outcome["objects"], outcome["removed_objects"], outcome["lost_objects_shipped"]]
 
 
 def _shipped_view(data_dir: Path, tar: Path, key: str, members: dict) -> dict:
@@ -213,20 +218,27 @@ def report(scenes: list[dict], timing: dict, stage_seconds: dict[str, float], se
         print(f"  {name}: " + ", ".join(f"{value} {count}" for value, count in sorted(counter.items(), key=lambda item: (-item[1], str(item[0])))))
     rows, missing = evaluate_dataset(settings.data_dir)
     summary = summarise(rows)
-    outcomes = outcomes_by_movement(settings, rows)
+    views_of = [row for rows_ in partition_rows(settings).values() for row in rows_]  # generated specs are all valid
+    outcomes = outcomes_by(settings, rows, {row.key: CAMERA_TAG.search(row.caption).group(1) for row in views_of}, MOVEMENTS)
+    motion_of_scene = {scene["name"]: scene["motion"] for scene in scenes}
+    by_motion = outcomes_by(settings, rows, {row.key: motion_of_scene[row.scene] for row in views_of}, MOTIONS)
     print(f"\nper camera movement (point-map evaluation: mean over shipped views, all shipped pixels, frames 1-15; lost = last-frame error > {LOST_OBJECT_PX:g} px){'; no ground truth for ' + str(missing) if missing else ''}:")
     header = ["movement", "views", "shipped", "rejected", "objects", "removed", "lost shipped", *(label for label, _ in HEADLINE)]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for movement, outcome in outcomes.items():
         figures = summary["by_camera"].get(movement, {})
-        rejected = ", ".join(f"{reason} {count}" for reason, count in outcome["rejected"].items()) or "0"
-        cells = [movement, outcome["views"], outcome["shipped"], rejected, outcome["objects"], outcome["removed_objects"], outcome["lost_objects_shipped"], *(_cell(figures.get(name)) for _, name in HEADLINE)]
+        cells = [movement, *_outcome_cells(outcome), *(_cell(figures.get(name)) for _, name in HEADLINE)]
         print("| " + " | ".join(str(cell) for cell in cells) + " |")
     pooled = summary["pooled"]["all/1-15"]
     shipped = sum(o["shipped"] for o in outcomes.values())
     cells = ["pooled", views, shipped, "", summary["objects"], summary["removed_objects"], len(summary["lost_objects_shipped"]), *(_cell(pooled[name]) for _, name in HEADLINE)]
     print("| " + " | ".join(str(cell) for cell in cells) + " |")
+    print("\nper scene motion (what the objects do matters more than what the camera does):")
+    print("| motion | " + " | ".join(header[1:7]) + " |")
+    print("|" + "---|" * 7)
+    for motion, outcome in by_motion.items():
+        print("| " + " | ".join(str(cell) for cell in [motion, *_outcome_cells(outcome)]) + " |")
     agreement = cross_view_agreement(settings.data_dir)
     if agreement:
         medians = np.array([scene["median_m"] for scene in agreement.values()])
@@ -237,7 +249,7 @@ def report(scenes: list[dict], timing: dict, stage_seconds: dict[str, float], se
             f"under 1 cm in {np.mean(medians < 0.01):.0%} of scenes; worst: " + ", ".join(f"{name} ({'/'.join(s['cameras'])}) {1000 * s['median_m']:.1f} mm" for name, s in worst)
         )
     return {"scenes": len(scenes), "views": views, "render": timing, "stage_seconds_per_view": {k: v / views for k, v in stage_seconds.items()},
-            "distributions": {k: dict(v) for k, v in drawn.items()}, "by_movement": outcomes, "evaluation": summary, "cross_view_agreement": agreement}  # fmt: skip
+            "distributions": {k: dict(v) for k, v in drawn.items()}, "by_movement": outcomes, "by_motion": by_motion, "evaluation": summary, "cross_view_agreement": agreement}  # fmt: skip
 
 
 def main() -> None:
