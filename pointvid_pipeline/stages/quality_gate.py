@@ -10,7 +10,7 @@ visibility, the frames and the depth maps), per object, over the object's frame-
 - `floating`: the largest share, over frames 1..T-1, of its tracks lying in front of every surface the
   depth map shows within `FLOATING_RADIUS` of their pixel (by more than the depth tolerance): points in free
   space, which an opaque world does not have, and what a track left behind by its object looks like. The
-  radius forgives a track a pixel or two off at its object's silhouette (a teddy's ear or arm), which would
+  radius forgives a track a pixel off at its object's silhouette (a teddy's ear or arm), which would
   otherwise float over the floor behind. A track held on
   the frame's border has left the frame (trackers report it there): out of view, neither floating nor
   on a surface (thrown objects that fly out of the picture were removed as floating).
@@ -22,7 +22,7 @@ visibility, the frames and the depth maps), per object, over the object's frame-
   although the depth map shows each point itself at its pixel (`hidden_unoccluded` of that frame above
   one half): how long the tracker could not confirm the body it should see. The rigid tracker hides a
   body whose pose the frame's flow barely supports (`RigidObjectTracker.min_support`); a tracker that
-  gives up on an object for more than a fifth of the clip has guessed its way through it.
+  gives up on an object in more than one frame of a 16-frame clip (`max_hidden_frames` 0.1) has guessed its way through it.
 - `recoloured`: share of its tracks visible at the last frame with no pixel within `RECOLOUR_RADIUS` of
   their end whose colour is within `RECOLOUR_LEVELS` of their frame-0 colour: a point on the same surface
   keeps its albedo (shading moves it less), one on the wrong side of a checkered ball or on the floor does
