@@ -36,8 +36,8 @@ def motion(t: int) -> np.ndarray:
     return pose
 
 
-def render_plane_clip() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ray-cast frames and exact z-depth of a tilted textured square in front of a textured wall.
+def render_plane_clip(motion=motion) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ray-cast frames and exact z-depth of a tilted textured square, moved by `motion`, in front of a textured wall.
 
     Returns frames (T,H,W,3) u8, depth (T,H,W) f32 and the frame-0 labels (1 on the square).
     """
@@ -115,6 +115,31 @@ def test_plane_moved_by_a_known_se3_is_tracked_to_subpixel():
     rel_depth = np.abs(tracks[:, on_square, 2] - truth[:, on_square, 2]) / truth[:, on_square, 2]
     assert rel_depth.max() < 1e-3
     assert visible[:, on_square].mean() > 0.99  # faces the camera, stays in frame; misses only on its rim
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="known tracker limitation: a body that changes speed by more than DIS's reach in one frame (throws, bounces) is lost; the quality gate removes it")
+def test_a_body_that_bounces_beyond_the_flows_reach_is_followed():
+    """From frame 7 the square flies back 10 cm a frame (~26 px): the constant-velocity guess is 29 px off and DIS
+    does not find it. What thrown objects do in generated scenes (`pointvid synth`): 8 of 22 thrown views shipped."""
+
+    def bounce(t: int) -> np.ndarray:
+        pose = motion(t)
+        pose[0, 3] -= 0.11 * max(t - 6, 0)  # with motion()'s 1 cm/frame: -10 cm/frame
+        return pose
+
+    frames, depth, labels = render_plane_clip(bounce)
+    intrinsics = scene_intrinsics()
+    queries = sample_query_points(labels, 80, 0.1, seed=0).astype(np.float32)
+    on_square = labels[queries[:, 1].astype(int), queries[:, 0].astype(int)] == 1
+    start = unproject(np.column_stack([queries, depth[0][queries[:, 1].astype(int), queries[:, 0].astype(int)]]), intrinsics)[on_square]
+    truth = np.stack([project(start @ bounce(t)[:3, :3].T + bounce(t)[:3, 3], intrinsics) for t in range(FRAME_COUNT)])
+    in_view = (truth[..., 0] >= 0) & (truth[..., 0] <= FRAME_WIDTH - 1)
+    tracks, _ = RigidObjectTracker().track(frames, depth, queries, labels, intrinsics)
+    error = np.linalg.norm(tracks[:, on_square, :2] - truth[..., :2], axis=-1)
+    medians = [float(np.median(error[t][in_view[t]])) for t in range(FRAME_COUNT)]
+    assert in_view[-1].mean() > 0.25  # a quarter of the square is still in view at the end
+    assert max(medians[:7]) < 0.5, medians  # tracked to the bounce
+    assert max(medians) < 8, medians
 
 
 def test_a_well_fitted_body_stays_visible_when_its_shading_changes():
