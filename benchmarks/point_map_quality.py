@@ -12,7 +12,8 @@ Which objects a tracker loses is close to a coin toss for a few hard ones (a duc
 matches ends 2-15 px off depending on the RANSAC draw, and on the CPU's last bits), so one run's gate figures
 and lost-object counts are one draw. `--tracker-seeds N` curates each scene set again from the tracks_3d stage
 on with tracker seeds 1..N-1 (the stages before it are linked, not rerun) and prints the spread over the N draws.
-Run: python benchmarks/point_map_quality.py [--extra-seeds 4] [--tracker-seeds 4] [--keep DIR]
+Run: python benchmarks/point_map_quality.py [--extra-seeds 4] [--first-extra-seed 1] [--tracker-seeds 4] [--keep DIR]
+(`--first-extra-seed 9`: scenes the gate's thresholds were not chosen on; see stages/quality_gate.py)
 """
 
 from __future__ import annotations
@@ -41,11 +42,11 @@ from pointvid_pipeline.storage.stage_store import StageStore  # noqa: E402
 from pointvid_pipeline.synthetic.scenes import load_default_scenes  # noqa: E402
 
 
-def scene_file(folder: Path, extra_seeds: int) -> Path | None:
-    """The default specs drawn again with seeds + 1000 i (i = 1..extra_seeds); None = the defaults themselves."""
+def scene_file(folder: Path, extra_seeds: int, first: int = 1) -> Path | None:
+    """The default specs drawn again with seeds + 1000 i (i = first..first + extra_seeds - 1); None = the defaults themselves."""
     if not extra_seeds:
         return None
-    specs = [dataclasses.replace(spec, seed=spec.seed + 1000 * i, name=f"{spec.name}_s{spec.seed + 1000 * i}") for i in range(1, extra_seeds + 1) for spec in load_default_scenes()]
+    specs = [dataclasses.replace(spec, seed=spec.seed + 1000 * i, name=f"{spec.name}_s{spec.seed + 1000 * i}") for i in range(first, first + extra_seeds) for spec in load_default_scenes()]
     path = folder / "scenes.json"
     path.write_text(json.dumps([dataclasses.asdict(spec) for spec in specs], indent=1))
     return path
@@ -138,6 +139,10 @@ def spread(name: str, draws: list[dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--extra-seeds", type=int, default=4, help="draw every default spec again with this many other seeds (default 4: 56 scenes)")
+    parser.add_argument(
+        "--first-extra-seed", type=int, default=1,
+        help="the other seeds are + 1000 i from this i on (default 1). The gate's thresholds were chosen on i = 1..8: 9 or more gives scenes they never saw",
+    )
     parser.add_argument("--tracker-seeds", type=int, default=1, help="curate each scene set with this many tracker seeds (default 1) and print the spread")
     parser.add_argument("--keep", help="write the runs here instead of a temporary folder")
     parser.add_argument("--json", help="also write the figures to this file")
@@ -150,7 +155,8 @@ def main() -> None:
         scene_sets = {"default scenes": ("default", None)}
         if args.extra_seeds:
             (root / "seeds").mkdir(parents=True, exist_ok=True)
-            scene_sets[f"{args.extra_seeds} other seeds of every default spec"] = ("seeds", scene_file(root / "seeds", args.extra_seeds))
+            first, last = 1000 * args.first_extra_seed, 1000 * (args.first_extra_seed + args.extra_seeds - 1)
+            scene_sets[f"{args.extra_seeds} other seeds (+{first}..+{last}) of every default spec"] = ("seeds", scene_file(root / "seeds", args.extra_seeds, args.first_extra_seed))
         results = {}
         for name, (folder, scenes) in scene_sets.items():
             draws = [report(name, curate(root / folder, scenes))]
