@@ -98,6 +98,13 @@ def test_ransac_draws_enough_triples_when_few_matches_are_good():
     assert all(found(512, seed) for seed in range(20))
 
 
+def true_tracks(queries: np.ndarray, depth0: np.ndarray, motion, intrinsics: np.ndarray) -> np.ndarray:
+    """(T, N, 3) exact (u, v, z) of the frame-0 surface points under `queries` moved by `motion` (a camera-space pose per frame)."""
+    rows, cols = queries[:, 1].astype(int), queries[:, 0].astype(int)
+    start = unproject(np.column_stack([queries, depth0[rows, cols]]), intrinsics)
+    return np.stack([project(start @ pose[:3, :3].T + pose[:3, 3], intrinsics) for pose in map(motion, range(FRAME_COUNT))])
+
+
 def test_plane_moved_by_a_known_se3_is_tracked_to_subpixel():
     frames, depth, labels = render_plane_clip()
     intrinsics = scene_intrinsics()
@@ -105,8 +112,7 @@ def test_plane_moved_by_a_known_se3_is_tracked_to_subpixel():
     on_square = labels[queries[:, 1].astype(int), queries[:, 0].astype(int)] == 1
     tracks, visible = RigidObjectTracker().track(frames, depth, queries, labels, intrinsics)
 
-    start = unproject(np.column_stack([queries, depth[0][queries[:, 1].astype(int), queries[:, 0].astype(int)]]), intrinsics)
-    truth = np.stack([project(start @ motion(t)[:3, :3].T + motion(t)[:3, 3], intrinsics) for t in range(FRAME_COUNT)])
+    truth = true_tracks(queries, depth[0], motion, intrinsics)
     error = np.linalg.norm(tracks[:, on_square, :2] - truth[:, on_square, :2], axis=-1)
     assert on_square.sum() > 1000
     assert np.array_equal(tracks[0, :, :2], queries) and visible[0].all()
@@ -131,8 +137,7 @@ def test_a_body_that_bounces_beyond_the_flows_reach_is_followed():
     intrinsics = scene_intrinsics()
     queries = sample_query_points(labels, 80, 0.1, seed=0).astype(np.float32)
     on_square = labels[queries[:, 1].astype(int), queries[:, 0].astype(int)] == 1
-    start = unproject(np.column_stack([queries, depth[0][queries[:, 1].astype(int), queries[:, 0].astype(int)]]), intrinsics)[on_square]
-    truth = np.stack([project(start @ bounce(t)[:3, :3].T + bounce(t)[:3, 3], intrinsics) for t in range(FRAME_COUNT)])
+    truth = true_tracks(queries, depth[0], bounce, intrinsics)[:, on_square]
     in_view = (truth[..., 0] >= 0) & (truth[..., 0] <= FRAME_WIDTH - 1)
     tracks, _ = RigidObjectTracker().track(frames, depth, queries, labels, intrinsics)
     error = np.linalg.norm(tracks[:, on_square, :2] - truth[..., :2], axis=-1)
