@@ -5,7 +5,8 @@ depth, ground truth), computes every object's gate signals and whether it failed
 (median error of its tracks at its last frame in view, over its ground-truth-visible points, above 8 px), and
 grid-searches the thresholds. Ranks first the settings that leave no failed object in the first data
 directory (the default scenes, which every user curates first), then by F1 over the others, and prints the
-best settings and the shipped ones, per directory.
+best settings and the shipped ones, per directory. The tracker's second draws (`redraw_disagreement`) are read
+from the run: they exist for the objects the run's thresholds flagged, so a looser setting removes the others.
 Run: python benchmarks/gate_sweep.py DATA_DIR [DATA_DIR ...]   (e.g. DIR/default DIR/seeds, the --keep folders of point_map_quality.py)
 """
 
@@ -37,6 +38,7 @@ def objects(data_dir: Path) -> list[dict]:
     out = []
     for index_path in sorted((data_dir / "stages" / "smoothed_tracks").glob("*/_index.json")):
         partition = index_path.parent.name
+        redraws = {key: meta.get("redraw_disagreement_px", {}) for key, meta in store.read_index("tracks_3d", partition).accepted.items()}
         for key in store.read_index("smoothed_tracks", partition).accepted:
             clip = store.read_arrays("clips", partition, key)
             queries = store.read_arrays("query_points", partition, key)["queries"]
@@ -45,6 +47,8 @@ def objects(data_dir: Path) -> list[dict]:
             tracks = np.asarray(store.read_arrays("smoothed_tracks", partition, key)["tracks"])
             visibility = np.asarray(store.read_arrays("tracks_3d", partition, key)["visibility"])
             signals = object_signals(clip["frames"], store.read_arrays("depth", partition, key)["depth"], tracks, visibility, labels, queries)
+            for object_id, values in signals.items():  # the second draw exists for the objects the shipped thresholds flagged
+                values["redraw_disagreement"] = redraws[key].get(str(object_id), float("nan"))
             errors = object_last_seen_errors(tracks, labels, clip["truth_track_uvd"][:, v, u], clip["truth_track_visible"][:, v, u])
             out += [{"key": key, "object_id": object_id, "failed": errors[object_id] > LOST_OBJECT_PX, "signals": values} for object_id, values in signals.items()]
     return out

@@ -81,6 +81,7 @@ def gate_outcomes(settings: PipelineSettings) -> list[dict]:
     outcomes = []
     for partition in partition_rows(settings):
         index = store.read_index("point_maps", partition)
+        redraws = {key: meta.get("redraw_disagreement_px", {}) for key, meta in store.read_index("tracks_3d", partition).accepted.items()}
         removed_by_key = {key: {g["object_id"] for g in meta.get("gate", {}).get("removed", [])} for key, meta in index.accepted.items()}
         rejected = {row["key"] for row in index.rejected if row["reason"] == "track_failure"}
         for key in list(index.accepted) + sorted(rejected):
@@ -92,7 +93,7 @@ def gate_outcomes(settings: PipelineSettings) -> list[dict]:
             worst = object_worst_frame_errors(tracks, labels, truth, seen)
             outcomes += [
                 {"key": key, "object_id": object_id, "failed": error > LOST_OBJECT_PX, "failed_at_any_frame": worst[object_id] > LOST_OBJECT_PX,
-                 "removed": key in rejected or object_id in removed_by_key.get(key, set())}
+                 "removed": key in rejected or object_id in removed_by_key.get(key, set()), "redrawn": str(object_id) in redraws.get(key, {})}
                 for object_id, error in object_last_seen_errors(tracks, labels, truth, seen).items()
             ]  # fmt: skip
     return outcomes
@@ -116,6 +117,10 @@ def report(name: str, settings: PipelineSettings) -> dict:
               f"(smoothed / truth {tracks['smoothed_acceleration_px'] / tracks['truth_acceleration_px']:.2f})")
     print(f"lost objects shipped (last-frame error > {LOST_OBJECT_PX:g} px): {len(summary['lost_objects_shipped'])}")
     print(f"gate: {json.dumps(gate)}")
+    redrawn = [o for o in outcomes if o["redrawn"]]
+    kept = [o for o in redrawn if not o["removed"]]
+    print(f"second draws (quality_gate.redraw_disagreement): {len({o['key'] for o in redrawn})} of {len({o['key'] for o in outcomes})} clips tracked again, "
+          f"{len(redrawn)} objects asked about, {len(kept)} kept ({sum(o['failed'] for o in kept)} of them failed)")
     print(f"gate, an object failed when over {LOST_OBJECT_PX:g} px off at any frame in view (stricter): {json.dumps(strict_gate)}")
     return {"evaluation": summary, "tracks": quality["tracks"], "gate": gate, "gate_any_frame": strict_gate}
 

@@ -26,7 +26,7 @@ from pointvid_pipeline.settings import GENERATED_SCENES, PipelineSettings
 from pointvid_pipeline.stages.depth import RendererDepth
 from pointvid_pipeline.stages.object_prompts import objects_for_caption
 from pointvid_pipeline.stages.point_maps import densify_point_map
-from pointvid_pipeline.stages.quality_gate import lost_objects, object_signals, thresholds_json
+from pointvid_pipeline.stages.quality_gate import draw_disagreement, lost_objects, needs_redraw, object_signals, thresholds_json
 from pointvid_pipeline.stages.query_points import sample_query_points, sample_seed
 from pointvid_pipeline.stages.reference_masks import ReferenceSegmenter, RendererMasks, check_reference_mask
 from pointvid_pipeline.stages.shards import write_partition_shard
@@ -244,7 +244,21 @@ def _tracks_3d(sample: Sample, settings: PipelineSettings, backends: StageBacken
         raise SampleRejected(RejectionReason.no_visible_track, f"none of {int(on_fg.sum())} foreground tracks is visible in half the frames")
     stats = {"visible_fraction": float(visibility.mean()), "foreground_tracks_visible": float(fg_visible.mean())}
     meta = _with_stats({"backends": {"tracks_3d": _backend_tag(tracker)}}, "tracks_3d", stats)
+    if settings.gate_redraw and hasattr(tracker, "redrawn"):
+        meta["redraw_disagreement_px"] = _redraw_disagreement(tracker, sample, tracks, visibility, queries, labels)
     return {"tracks": tracks.astype(np.float32), "visibility": visibility}, meta
+
+
+def _redraw_disagreement(tracker, sample: Sample, tracks: np.ndarray, visibility: np.ndarray, queries: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """The quality gate's second opinion: object id -> how far the tracker's other draws leave each object a second
+    draw could keep (`quality_gate.needs_redraw`, on these raw tracks); the clip is tracked again only when there is one."""
+    depth = sample.arrays("depth")["depth"]
+    query_labels = labels[queries[:, 1], queries[:, 0]]
+    flagged = needs_redraw(object_signals(sample.clip.frames, depth, tracks, visibility, query_labels, queries))
+    if not flagged:
+        return {}
+    redrawn, _ = tracker.redrawn().track(sample.clip.frames, depth, queries.astype(np.float32), labels=labels, intrinsics=sample.clip.frame_intrinsics)
+    return {str(k): v for k, v in draw_disagreement(tracks, redrawn, query_labels, flagged).items()}
 
 
 def _smoothed_tracks(sample: Sample, settings: PipelineSettings, backends: StageBackends) -> Outcome:
@@ -272,6 +286,9 @@ def _point_maps(sample: Sample, settings: PipelineSettings, backends: StageBacke
         raise SampleRejected(RejectionReason.no_visible_track, str(exc)) from exc
     uvd, valid = point_map.uvd, point_map.valid
     signals = object_signals(sample.clip.frames, depth, smoothed, visibility, labels[queries[:, 1], queries[:, 0]], queries)
+    redraw = sample.meta.get("redraw_disagreement_px", {})
+    for object_id, values in signals.items():
+        values["redraw_disagreement"] = redraw.get(str(object_id), math.nan)
     lost = lost_objects(signals)
     objects = sample.meta["objects"]
     removed = [{"object_id": object_id, "object": objects[object_id - 1] if object_id <= len(objects) else "", "reasons": reasons, "pixels": int((valid & (labels == object_id)).sum())} for object_id, reasons in lost.items()]

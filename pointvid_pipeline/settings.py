@@ -73,6 +73,7 @@ class PipelineSettings:
     grid_size: int = 80
     background_fraction: float = 0.1
     kalman_rts: bool = True
+    gate_redraw: bool = True  # track a clip again with other draws when the quality gate doubts an object (stages/quality_gate.py)
     smoothing: str = ""  # stages/smoothing.SMOOTHING_PRESETS; "" = the profile's (cpu: rigid-tracks, paper: paper)
     densification: str = "displacement"  # stages/point_maps.DENSIFICATION_METHODS; "paper" is Algorithm 1 as printed
     batch_size: int = 8  # clips per model call where a stage batches across clips
@@ -166,6 +167,7 @@ class PipelineSettings:
             grid_size=number("POINTVID_GRID_SIZE", "80"),
             background_fraction=number("POINTVID_BACKGROUND_FRACTION", "0.1", float),
             kalman_rts=env.get("POINTVID_KALMAN_RTS", "1") not in ("0", "false", "no"),
+            gate_redraw=env.get("POINTVID_GATE_REDRAW", "1") not in ("0", "false", "no"),
             smoothing=env.get("POINTVID_SMOOTHING", ""),
             densification=env.get("POINTVID_DENSIFICATION", "displacement"),
             batch_size=number("POINTVID_BATCH_SIZE", "8"),

@@ -3,12 +3,14 @@
 import dataclasses
 
 import numpy as np
+import pytest
 
 from pointvid_pipeline.backends.registry import StageBackends, lazy_backends
 from pointvid_pipeline.evaluation.track_errors import object_last_seen_errors, object_worst_frame_errors
 from pointvid_pipeline.pipeline import STAGES, partition_rows, run_stage
 from pointvid_pipeline.settings import PipelineSettings
-from pointvid_pipeline.stages.quality_gate import FLOATING_RADIUS, GATE_THRESHOLDS, GateThresholds, lost_objects, object_signals
+from pointvid_pipeline.stages.object_tracking import RigidObjectTracker
+from pointvid_pipeline.stages.quality_gate import FLOATING_RADIUS, GATE_THRESHOLDS, GateThresholds, draw_disagreement, lost_objects, needs_redraw, object_signals
 from pointvid_pipeline.storage.stage_store import StageStore
 
 FRAMES, HEIGHT, WIDTH = 6, 30, 40
@@ -126,6 +128,34 @@ def test_an_object_called_hidden_where_nothing_hides_it_is_lost_and_one_hidden_f
     assert signals[2]["hidden_unoccluded"] == 0.0 and signals[2]["hidden_frames"] == 0.0 and lost_objects(signals) == {}
 
 
+def test_a_second_draw_that_reproduces_the_tracks_overrules_the_tracker_confidence_flags_but_not_floating():
+    frames, depth, tracks, visible, labels, queries = scene()
+    redrawn = tracks.copy()
+    redrawn[3, labels == 2, 0] += np.where(queries[labels == 2, 1] < 20, 2.0, 9.0)  # frame 3: 15 of object 2's 25 tracks 2 px off, 10 tracks 9 px
+    redrawn[5, labels == 2, 1] += 3.0  # frame 5: all 3 px off
+    redrawn[4, labels == 1, 0] += 0.5
+    disagreement = draw_disagreement(tracks, redrawn, labels, [1, 2])
+    assert disagreement == {1: 0.5, 2: 3.0}  # per frame the median over the object's tracks (frame 3: 2 px), then the largest (frame 5)
+    assert GATE_THRESHOLDS.redraw_agreement == 3.0
+
+    signals = object_signals(frames, depth, tracks, visible, labels, queries)  # object 2 left behind: floating
+    assert needs_redraw(signals) == []
+    signals[2]["redraw_disagreement"] = 0.0
+    assert lost_objects(signals) == {2: ["floating", "recoloured"]}  # tracks in free space: however reproducible, removed
+
+    tracks[:, labels == 2, 0] += 2 * np.arange(FRAMES)[:, None]  # object 2 tracked right, but called hidden from frame 2 on
+    visible[2:, labels == 2] = False
+    signals = object_signals(frames, depth, tracks, visible, labels, queries)
+    assert lost_objects(signals) == {2: ["hidden_frames"]} and needs_redraw(signals) == [2]
+    signals[2]["redraw_disagreement"] = disagreement[2]
+    assert lost_objects(signals) == {}  # both draws leave it in the same place: its pose came from the images, not luck
+    signals[2]["redraw_disagreement"] = 3.5
+    assert lost_objects(signals) == {2: ["hidden_frames"]}  # the draws disagree: a fragile fit, removed
+    signals[2]["redraw_disagreement"] = float("nan")
+    assert lost_objects(signals) == {2: ["hidden_frames"]}  # no second draw: removed as before
+    assert RigidObjectTracker(seed=4).redrawn() == RigidObjectTracker(seed=5)
+
+
 class TrackerThatLosesEverything:
     """The real tracker's call, then every track frozen at its query pixel: objects that fall or are
     pushed leave their tracks hanging in the air, as a failed tracker does."""
@@ -139,6 +169,68 @@ class TrackerThatLosesEverything:
     def track(self, frames, depth, queries, **inputs):
         tracks, visibility = self.tracker.track(frames, depth, queries, **inputs)
         return np.broadcast_to(tracks[:1], tracks.shape).copy(), np.ones_like(visibility)
+
+
+class TrackerThatDoubtsEverything:
+    """The real tracker's tracks, every foreground track called hidden after frame 0 (where the depth map shows it:
+    the `hidden_frames` flag), and each further draw (`redrawn()`) `redraw_shift` px further right after frame 0."""
+
+    def __init__(self, tracker, redraw_shift: float, shift: float = 0.0):
+        self.tracker, self.name, self.version = tracker, tracker.name, tracker.version
+        self.redraw_shift, self.shift = redraw_shift, shift
+
+    def setup(self):
+        self.tracker.setup()
+
+    def redrawn(self):
+        return TrackerThatDoubtsEverything(self.tracker, self.redraw_shift, self.shift + self.redraw_shift)
+
+    def track(self, frames, depth, queries, labels, intrinsics):
+        tracks, visibility = self.tracker.track(frames, depth, queries, labels=labels, intrinsics=intrinsics)
+        foreground = labels[queries[:, 1].astype(int), queries[:, 0].astype(int)] > 0
+        visibility[8:, foreground] = False  # hidden for the second half of the clip (the stage's no_visible_track needs the first)
+        tracks[1:, :, 0] += self.shift
+        return tracks, visibility
+
+
+@pytest.mark.parametrize("redraw_shift", [7.0, 2.0])
+def test_stage_asks_a_redrawable_tracker_for_a_second_draw_of_the_objects_it_doubts(tmp_path, redraw_shift):
+    settings = PipelineSettings(data_dir=tmp_path, shard_size=3)
+    backends = lazy_backends("cpu")
+    tracker = lambda: TrackerThatDoubtsEverything(backends.point_tracker(), redraw_shift)
+    partition = next(iter(partition_rows(settings)))
+    for stage in STAGES[:-1]:
+        run_stage(stage, partition, settings, StageBackends(backends.object_extractor, backends.segmenter, backends.depth_estimator, tracker))
+
+    store = StageStore(settings.stages_dir)
+    redraws = {key: meta["redraw_disagreement_px"] for key, meta in store.read_index("tracks_3d", partition).accepted.items()}
+    assert any(redraws.values()) and {value for redraw in redraws.values() for value in redraw.values()} == {redraw_shift}
+    gated = store.read_index("point_maps", partition)
+    assert len(gated.accepted) + len(gated.rejected) == 3
+    for key, meta in gated.accepted.items():
+        assert meta["gate"]["thresholds"]["redraw_agreement"] == GATE_THRESHOLDS.redraw_agreement
+        removed = {str(entry["object_id"]) for entry in meta["gate"]["removed"]}
+        for object_id in redraws[key]:  # the objects the second draw was asked about
+            assert meta["gate"]["signals"][object_id]["redraw_disagreement"] == redraw_shift
+            assert (object_id in removed) == (redraw_shift > GATE_THRESHOLDS.redraw_agreement)  # kept when the draws agree
+    if redraw_shift > GATE_THRESHOLDS.redraw_agreement:
+        assert any(row["reason"] == "track_failure" for row in gated.rejected) or any(meta["gate"]["removed"] for meta in gated.accepted.values())
+    else:
+        assert any(redraws[key] for key in gated.accepted)  # samples whose doubted objects the second draw kept
+
+
+def test_a_user_can_turn_the_second_draw_off(tmp_path):
+    settings = PipelineSettings(data_dir=tmp_path, shard_size=3, gate_redraw=False)
+    backends = lazy_backends("cpu")
+    tracker = lambda: TrackerThatDoubtsEverything(backends.point_tracker(), 2.0)
+    partition = next(iter(partition_rows(settings)))
+    for stage in STAGES[: STAGES.index("point_maps") + 1]:
+        run_stage(stage, partition, settings, StageBackends(backends.object_extractor, backends.segmenter, backends.depth_estimator, tracker))
+
+    store = StageStore(settings.stages_dir)
+    assert not any("redraw_disagreement_px" in meta for meta in store.read_index("tracks_3d", partition).accepted.values())
+    gated = store.read_index("point_maps", partition)  # the objects called hidden where they are seen are removed, as before the second draw
+    assert any(row["reason"] == "track_failure" for row in gated.rejected) or any(meta["gate"]["removed"] for meta in gated.accepted.values())
 
 
 def test_stage_removes_lost_objects_and_rejects_samples_left_without_any(tmp_path):

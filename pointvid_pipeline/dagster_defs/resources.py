@@ -42,6 +42,7 @@ class PipelineSettingsResource(ConfigurableResource):
     grid_size: int = 80
     background_fraction: float = 0.1
     kalman_rts: bool = True
+    gate_redraw: bool = True
     smoothing: str = ""
     densification: str = "displacement"
     batch_size: int = 8
@@ -59,7 +60,7 @@ class PipelineSettingsResource(ConfigurableResource):
         return cls(
             data_dir=str(settings.data_dir), manifest=settings.manifest or "", manifest_encoding=settings.manifest_encoding, scenes=settings.scenes or "", shard_size=settings.shard_size or 0,
             profile=settings.profile, frame_stride=settings.frame_stride, grid_size=settings.grid_size,
-            background_fraction=settings.background_fraction, kalman_rts=settings.kalman_rts, smoothing=settings.smoothing, densification=settings.densification,
+            background_fraction=settings.background_fraction, kalman_rts=settings.kalman_rts, gate_redraw=settings.gate_redraw, smoothing=settings.smoothing, densification=settings.densification,
             batch_size=settings.batch_size, output_uri=settings.output_uri or "", storage_options_json=optional_env_var(STORAGE_OPTIONS_ENV),
             retry_attempts=settings.retry_attempts, retry_backoff_s=settings.retry_backoff_s, keep_stage_files=settings.keep_stage_files,
             read_timeout_s=settings.budget.read_timeout_s, max_source_pixels=settings.budget.max_source_pixels, max_aspect_ratio=settings.budget.max_aspect_ratio,
@@ -69,7 +70,7 @@ class PipelineSettingsResource(ConfigurableResource):
         return PipelineSettings(
             data_dir=Path(self.data_dir), manifest=self.manifest or None, manifest_encoding=self.manifest_encoding, scenes=self.scenes or None, shard_size=self.shard_size or None,
             profile=self.profile, frame_stride=self.frame_stride, grid_size=self.grid_size,
-            background_fraction=self.background_fraction, kalman_rts=self.kalman_rts, smoothing=self.smoothing, densification=self.densification,
+            background_fraction=self.background_fraction, kalman_rts=self.kalman_rts, gate_redraw=self.gate_redraw, smoothing=self.smoothing, densification=self.densification,
             batch_size=self.batch_size, output_uri=self.output_uri or None,
             retry_attempts=self.retry_attempts, retry_backoff_s=self.retry_backoff_s, keep_stage_files=self.keep_stage_files,
             budget=RowBudget(read_timeout_s=self.read_timeout_s, max_source_pixels=self.max_source_pixels, max_aspect_ratio=self.max_aspect_ratio),

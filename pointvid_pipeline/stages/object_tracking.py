@@ -59,7 +59,7 @@ boolean indexing on these (N, 2) and (N, 3) arrays.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import cv2
@@ -316,6 +316,10 @@ class RigidObjectTracker:
 
     def setup(self) -> None:
         dis_flow(self.preset), dis_flow(self.anchor_preset)  # fail early on a bad preset name
+
+    def redrawn(self) -> RigidObjectTracker:
+        """The same tracker with other RANSAC draws: the quality gate's second opinion (quality_gate.draw_disagreement)."""
+        return replace(self, seed=self.seed + 1)
 
     def track(
         self, frames: np.ndarray, depth: np.ndarray, queries: np.ndarray, labels: np.ndarray, intrinsics: np.ndarray

@@ -32,6 +32,9 @@ class PointTracker(Protocol):
         one by one (optical flow, the learned trackers) ignore labels and intrinsics.
         """
 
+    # Optional, for trackers whose result depends on random draws: `redrawn()` returns the same tracker with other
+    # draws, which the tracks_3d stage runs on clips where the quality gate's flags could be overruled (quality_gate.py).
+
 
 def dis_flow(preset: str) -> cv2.DISOpticalFlow:
     """OpenCV DIS flow configured by name.
