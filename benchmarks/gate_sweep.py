@@ -6,7 +6,7 @@ depth, ground truth), computes every object's gate signals and whether it failed
 grid-searches the thresholds. Ranks first the settings that leave no failed object in the first data
 directory (the default scenes, which every user curates first), then by F1 over the others, and prints the
 best settings and the shipped ones, per directory. The tracker's second draws (`redraw_disagreement`) are read
-from the run: they exist for the objects the run's thresholds flagged, so a looser setting removes the others.
+from the run: they exist for the objects the run's thresholds asked about (quality_gate.needs_redraw).
 Run: python benchmarks/gate_sweep.py DATA_DIR [DATA_DIR ...]   (e.g. DIR/default DIR/seeds, the --keep folders of point_map_quality.py)
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from pointvid_pipeline.evaluation.point_map_accuracy import LOST_OBJECT_PX
 from pointvid_pipeline.evaluation.track_errors import object_last_seen_errors
-from pointvid_pipeline.stages.quality_gate import GATE_THRESHOLDS, GateThresholds, lost_objects, object_signals
+from pointvid_pipeline.stages.quality_gate import GATE_THRESHOLDS, GateThresholds, lost_objects, object_signals, redraw_signals
 from pointvid_pipeline.storage.stage_store import StageStore
 
 GRID = {
@@ -47,8 +47,8 @@ def objects(data_dir: Path) -> list[dict]:
             tracks = np.asarray(store.read_arrays("smoothed_tracks", partition, key)["tracks"])
             visibility = np.asarray(store.read_arrays("tracks_3d", partition, key)["visibility"])
             signals = object_signals(clip["frames"], store.read_arrays("depth", partition, key)["depth"], tracks, visibility, labels, queries)
-            for object_id, values in signals.items():  # the second draw exists for the objects the shipped thresholds flagged
-                values["redraw_disagreement"] = redraws[key].get(str(object_id), float("nan"))
+            for object_id, values in signals.items():  # the second draw exists for the objects the run's thresholds asked about
+                values.update(redraw_signals(redraws[key].get(str(object_id))))
             errors = object_last_seen_errors(tracks, labels, clip["truth_track_uvd"][:, v, u], clip["truth_track_visible"][:, v, u])
             out += [{"key": key, "object_id": object_id, "failed": errors[object_id] > LOST_OBJECT_PX, "signals": values} for object_id, values in signals.items()]
     return out

@@ -120,7 +120,7 @@ def report(name: str, settings: PipelineSettings) -> dict:
     redrawn = [o for o in outcomes if o["redrawn"]]
     kept = [o for o in redrawn if not o["removed"]]
     print(f"second draws (quality_gate.redraw_disagreement): {len({o['key'] for o in redrawn})} of {len({o['key'] for o in outcomes})} clips tracked again, "
-          f"{len(redrawn)} objects asked about, {len(kept)} kept ({sum(o['failed'] for o in kept)} of them failed)")
+          f"{len(redrawn)} objects asked about, {len(kept)} of them shipped ({sum(o['failed'] for o in kept)} of those failed)")
     print(f"gate, an object failed when over {LOST_OBJECT_PX:g} px off at any frame in view (stricter): {json.dumps(strict_gate)}")
     return {"evaluation": summary, "tracks": quality["tracks"], "gate": gate, "gate_any_frame": strict_gate}
 

@@ -26,7 +26,7 @@ from pointvid_pipeline.settings import GENERATED_SCENES, PipelineSettings
 from pointvid_pipeline.stages.depth import RendererDepth
 from pointvid_pipeline.stages.object_prompts import objects_for_caption
 from pointvid_pipeline.stages.point_maps import densify_point_map
-from pointvid_pipeline.stages.quality_gate import draw_disagreement, lost_objects, needs_redraw, object_signals, thresholds_json
+from pointvid_pipeline.stages.quality_gate import draw_disagreement, lost_objects, needs_redraw, object_signals, redraw_signals, thresholds_json
 from pointvid_pipeline.stages.query_points import sample_query_points, sample_seed
 from pointvid_pipeline.stages.reference_masks import ReferenceSegmenter, RendererMasks, check_reference_mask
 from pointvid_pipeline.stages.shards import write_partition_shard
@@ -249,9 +249,10 @@ def _tracks_3d(sample: Sample, settings: PipelineSettings, backends: StageBacken
     return {"tracks": tracks.astype(np.float32), "visibility": visibility}, meta
 
 
-def _redraw_disagreement(tracker, sample: Sample, tracks: np.ndarray, visibility: np.ndarray, queries: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """The quality gate's second opinion: object id -> how far the tracker's other draws leave each object a second
-    draw could keep (`quality_gate.needs_redraw`, on these raw tracks); the clip is tracked again only when there is one."""
+def _redraw_disagreement(tracker, sample: Sample, tracks: np.ndarray, visibility: np.ndarray, queries: np.ndarray, labels: np.ndarray) -> dict[str, list[float]]:
+    """The quality gate's second opinion: object id -> how far apart, per frame 1..T-1, the tracker's other draws
+    leave each object a second draw can judge (`quality_gate.needs_redraw`, on these raw tracks); the clip is
+    tracked again only when there is one."""
     depth = sample.arrays("depth")["depth"]
     query_labels = labels[queries[:, 1], queries[:, 0]]
     flagged = needs_redraw(object_signals(sample.clip.frames, depth, tracks, visibility, query_labels, queries))
@@ -288,7 +289,7 @@ def _point_maps(sample: Sample, settings: PipelineSettings, backends: StageBacke
     signals = object_signals(sample.clip.frames, depth, smoothed, visibility, labels[queries[:, 1], queries[:, 0]], queries)
     redraw = sample.meta.get("redraw_disagreement_px", {})
     for object_id, values in signals.items():
-        values["redraw_disagreement"] = redraw.get(str(object_id), math.nan)
+        values.update(redraw_signals(redraw.get(str(object_id))))
     lost = lost_objects(signals)
     objects = sample.meta["objects"]
     removed = [{"object_id": object_id, "object": objects[object_id - 1] if object_id <= len(objects) else "", "reasons": reasons, "pixels": int((valid & (labels == object_id)).sum())} for object_id, reasons in lost.items()]

@@ -10,7 +10,7 @@ from pointvid_pipeline.evaluation.track_errors import object_last_seen_errors, o
 from pointvid_pipeline.pipeline import STAGES, partition_rows, run_stage
 from pointvid_pipeline.settings import PipelineSettings
 from pointvid_pipeline.stages.object_tracking import RigidObjectTracker
-from pointvid_pipeline.stages.quality_gate import FLOATING_RADIUS, GATE_THRESHOLDS, GateThresholds, draw_disagreement, lost_objects, needs_redraw, object_signals
+from pointvid_pipeline.stages.quality_gate import FLOATING_RADIUS, GATE_THRESHOLDS, GateThresholds, draw_disagreement, lost_objects, needs_redraw, object_signals, redraw_signals
 from pointvid_pipeline.storage.stage_store import StageStore
 
 FRAMES, HEIGHT, WIDTH = 6, 30, 40
@@ -135,7 +135,9 @@ def test_a_second_draw_that_reproduces_the_tracks_overrules_the_tracker_confiden
     redrawn[5, labels == 2, 1] += 3.0  # frame 5: all 3 px off
     redrawn[4, labels == 1, 0] += 0.5
     disagreement = draw_disagreement(tracks, redrawn, labels, [1, 2])
-    assert disagreement == {1: 0.5, 2: 3.0}  # per frame the median over the object's tracks (frame 3: 2 px), then the largest (frame 5)
+    assert disagreement == {1: [0, 0, 0, 0.5, 0], 2: [0, 0, 2.0, 0, 3.0]}  # frames 1-5, the median over the object's tracks
+    assert redraw_signals(disagreement[2]) == {"redraw_disagreement": 3.0, "redraw_end_disagreement": 3.0}
+    assert redraw_signals(disagreement[1]) == {"redraw_disagreement": 0.5, "redraw_end_disagreement": 0.0}
     assert GATE_THRESHOLDS.redraw_agreement == 3.0
 
     signals = object_signals(frames, depth, tracks, visible, labels, queries)  # object 2 left behind: floating
@@ -147,12 +149,20 @@ def test_a_second_draw_that_reproduces_the_tracks_overrules_the_tracker_confiden
     visible[2:, labels == 2] = False
     signals = object_signals(frames, depth, tracks, visible, labels, queries)
     assert lost_objects(signals) == {2: ["hidden_frames"]} and needs_redraw(signals) == [2]
-    signals[2]["redraw_disagreement"] = disagreement[2]
+    signals[2].update(redraw_signals(disagreement[2]))
     assert lost_objects(signals) == {}  # both draws leave it in the same place: its pose came from the images, not luck
     signals[2]["redraw_disagreement"] = 3.5
     assert lost_objects(signals) == {2: ["hidden_frames"]}  # the draws disagree: a fragile fit, removed
     signals[2]["redraw_disagreement"] = float("nan")
     assert lost_objects(signals) == {2: ["hidden_frames"]}  # no second draw: removed as before
+
+    assert needs_redraw(signals) == [2] and signals[1]["floating"] == 0.0
+    signals[1]["floating"] = 0.1  # object 1 not flagged, but a tenth of its tracks float in some frame: asked about too
+    assert needs_redraw(signals) == [1, 2] and GATE_THRESHOLDS.redraw_floating < 0.1 < GATE_THRESHOLDS.max_floating
+    signals[1].update(redraw_signals([0.5, 2.0, 6.0, 9.0]))  # the two draws end 9 px apart: one of them is 4.5 px off or more
+    assert lost_objects(signals)[1] == ["redraw_end_disagreement"]
+    signals[1].update(redraw_signals([0.5, 2.0, 9.0, 6.0]))  # apart on the way, within 8 px at the end: the failure test's frame
+    assert 1 not in lost_objects(signals)
     assert RigidObjectTracker(seed=4).redrawn() == RigidObjectTracker(seed=5)
 
 
@@ -204,7 +214,7 @@ def test_stage_asks_a_redrawable_tracker_for_a_second_draw_of_the_objects_it_dou
 
     store = StageStore(settings.stages_dir)
     redraws = {key: meta["redraw_disagreement_px"] for key, meta in store.read_index("tracks_3d", partition).accepted.items()}
-    assert any(redraws.values()) and {value for redraw in redraws.values() for value in redraw.values()} == {redraw_shift}
+    assert any(redraws.values()) and {value for redraw in redraws.values() for frames in redraw.values() for value in frames} == {redraw_shift}
     gated = store.read_index("point_maps", partition)
     assert len(gated.accepted) + len(gated.rejected) == 3
     for key, meta in gated.accepted.items():
