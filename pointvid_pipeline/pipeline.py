@@ -255,11 +255,11 @@ def _redraw_disagreement(tracker, sample: Sample, tracks: np.ndarray, visibility
     tracked again only when there is one."""
     depth = sample.arrays("depth")["depth"]
     query_labels = labels[queries[:, 1], queries[:, 0]]
-    flagged = needs_redraw(object_signals(sample.clip.frames, depth, tracks, visibility, query_labels, queries))
-    if not flagged:
+    doubted = needs_redraw(object_signals(sample.clip.frames, depth, tracks, visibility, query_labels, queries))
+    if not doubted:
         return {}
-    redrawn, _ = tracker.redrawn().track(sample.clip.frames, depth, queries.astype(np.float32), labels=labels, intrinsics=sample.clip.frame_intrinsics)
-    return {str(k): v for k, v in draw_disagreement(tracks, redrawn, query_labels, flagged).items()}
+    second_tracks, _ = tracker.redrawn().track(sample.clip.frames, depth, queries.astype(np.float32), labels=labels, intrinsics=sample.clip.frame_intrinsics)
+    return {str(k): v for k, v in draw_disagreement(tracks, second_tracks, query_labels, doubted).items()}
 
 
 def _smoothed_tracks(sample: Sample, settings: PipelineSettings, backends: StageBackends) -> Outcome:

@@ -33,7 +33,7 @@ class PointTracker(Protocol):
         """
 
     # Optional, for trackers whose result depends on random draws: `redrawn()` returns the same tracker with other
-    # draws, which the tracks_3d stage runs on clips where the quality gate's flags could be overruled (quality_gate.py).
+    # draws, which the tracks_3d stage runs again on a clip whose objects the quality gate doubts (quality_gate.needs_redraw).
 
 
 def dis_flow(preset: str) -> cv2.DISOpticalFlow:
