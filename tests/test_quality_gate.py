@@ -159,6 +159,10 @@ def test_a_second_draw_that_reproduces_the_tracks_overrules_the_tracker_confiden
     assert needs_redraw(signals) == [2] and signals[1]["floating"] == 0.0
     signals[1]["floating"] = 0.1  # object 1 not flagged, but a tenth of its tracks float in some frame: asked about too
     assert needs_redraw(signals) == [1, 2] and GATE_THRESHOLDS.redraw_floating < 0.1 < GATE_THRESHOLDS.max_floating
+    signals[1]["floating"], signals[1]["recoloured"] = 0.0, 0.12  # or an eighth of its tracks end off their colour
+    assert needs_redraw(signals) == [1, 2] and GATE_THRESHOLDS.redraw_recoloured < 0.12 < GATE_THRESHOLDS.max_recoloured
+    signals[1]["recoloured"] = float("nan")  # none of its tracks visible at the end: no colour to judge
+    assert needs_redraw(signals) == [2]
     signals[1].update(redraw_signals([0.5, 2.0, 6.0, 9.0]))  # the two draws end 9 px apart: one of them is 4.5 px off or more
     assert lost_objects(signals)[1] == ["redraw_end_disagreement"]
     signals[1].update(redraw_signals([0.5, 2.0, 9.0, 6.0]))  # apart on the way, within 8 px at the end: the failure test's frame
