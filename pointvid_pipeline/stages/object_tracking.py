@@ -351,7 +351,10 @@ class RigidObjectTracker:
         """`track`'s result with the poses behind it. Given `first` (a draw of the same clip), only `objects` are
         tracked again and every other body is held at `first`'s poses: the quality gate's second opinion on the
         objects it doubts (quality_gate.draw_disagreement) needs no background flow nor any other body's flows and fits.
-        Such a draw's tracks and visibility are those of `objects` only."""
+        Such a draw's tracks and visibility are those of `objects` only. Against tracking the whole clip again, on 299
+        objects redrawn over 15 draws of the default and four 56-scene sets: 64 against 67 agree within 3 px, 149 against
+        139 end over 8 px apart; the gate then ships 19 lost objects and removes 70 good ones either way (per set, lost
+        shipped: held-out 4 -> 3, +9000 set 9 -> 10, the others unchanged)."""
         frames, depth, labels = np.asarray(frames), np.asarray(depth), np.asarray(labels)  # plain arrays: indexing stage files' memmaps costs ~25 ms a clip
         count, height, width = frames.shape[:3]
         intrinsics = per_frame_intrinsics(intrinsics, count)
