@@ -237,29 +237,32 @@ def _tracks_3d(sample: Sample, settings: PipelineSettings, backends: StageBacken
     tracker = backends.point_tracker()
     queries = sample.arrays("query_points")["queries"]
     labels = sample.arrays("reference_masks")["labels"]
-    tracks, visibility = tracker.track(sample.clip.frames, sample.arrays("depth")["depth"], queries.astype(np.float32), labels=labels, intrinsics=sample.clip.frame_intrinsics)
+    inputs = (sample.clip.frames, sample.arrays("depth")["depth"], queries.astype(np.float32))
+    redraws = settings.gate_redraw and hasattr(tracker, "redrawn")
+    first = tracker.draw(*inputs, labels=labels, intrinsics=sample.clip.frame_intrinsics) if redraws else None
+    tracks, visibility = (first.tracks, first.visibility) if redraws else tracker.track(*inputs, labels=labels, intrinsics=sample.clip.frame_intrinsics)
     on_fg = labels[queries[:, 1], queries[:, 0]] > 0
     fg_visible = visibility[:, on_fg].mean(axis=0) >= MIN_VISIBLE_FRACTION
     if not fg_visible.any():
         raise SampleRejected(RejectionReason.no_visible_track, f"none of {int(on_fg.sum())} foreground tracks is visible in half the frames")
     stats = {"visible_fraction": float(visibility.mean()), "foreground_tracks_visible": float(fg_visible.mean())}
     meta = _with_stats({"backends": {"tracks_3d": _backend_tag(tracker)}}, "tracks_3d", stats)
-    if settings.gate_redraw and hasattr(tracker, "redrawn"):
-        meta["redraw_disagreement_px"] = _redraw_disagreement(tracker, sample, tracks, visibility, queries, labels)
+    if redraws:
+        meta["redraw_disagreement_px"] = _redraw_disagreement(tracker, sample, first, queries, labels)
     return {"tracks": tracks.astype(np.float32), "visibility": visibility}, meta
 
 
-def _redraw_disagreement(tracker, sample: Sample, tracks: np.ndarray, visibility: np.ndarray, queries: np.ndarray, labels: np.ndarray) -> dict[str, list[float]]:
+def _redraw_disagreement(tracker, sample: Sample, first, queries: np.ndarray, labels: np.ndarray) -> dict[str, list[float]]:
     """The quality gate's second opinion: object id -> how far apart, per frame 1..T-1, the tracker's other draws
-    leave each object a second draw can judge (`quality_gate.needs_redraw`, on these raw tracks); the clip is
-    tracked again only when there is one."""
+    leave each object a second draw can judge (`quality_gate.needs_redraw`, on `first`'s raw tracks). Only those
+    objects are tracked again, every other body held where `first` put it (`RigidObjectTracker.draw`)."""
     depth = sample.arrays("depth")["depth"]
     query_labels = labels[queries[:, 1], queries[:, 0]]
-    doubted = needs_redraw(object_signals(sample.clip.frames, depth, tracks, visibility, query_labels, queries))
+    doubted = needs_redraw(object_signals(sample.clip.frames, depth, first.tracks, first.visibility, query_labels, queries))
     if not doubted:
         return {}
-    second_tracks, _ = tracker.redrawn().track(sample.clip.frames, depth, queries.astype(np.float32), labels=labels, intrinsics=sample.clip.frame_intrinsics)
-    return {str(k): v for k, v in draw_disagreement(tracks, second_tracks, query_labels, doubted).items()}
+    second = tracker.redrawn().draw(sample.clip.frames, depth, queries.astype(np.float32), labels=labels, intrinsics=sample.clip.frame_intrinsics, first=first, objects=doubted)
+    return {str(k): v for k, v in draw_disagreement(first.tracks, second.tracks, query_labels, doubted).items()}
 
 
 def _smoothed_tracks(sample: Sample, settings: PipelineSettings, backends: StageBackends) -> Outcome:

@@ -73,7 +73,7 @@ class PipelineSettings:
     grid_size: int = 80
     background_fraction: float = 0.1
     kalman_rts: bool = True
-    gate_redraw: bool = True  # track a clip again with other draws when the quality gate doubts an object (stages/quality_gate.py)
+    gate_redraw: bool = True  # track the objects the quality gate doubts again with other draws (stages/quality_gate.py, pipeline._redraw_disagreement)
     smoothing: str = ""  # stages/smoothing.SMOOTHING_PRESETS; "" = the profile's (cpu: rigid-tracks, paper: paper)
     densification: str = "displacement"  # stages/point_maps.DENSIFICATION_METHODS; "paper" is Algorithm 1 as printed
     batch_size: int = 8  # clips per model call where a stage batches across clips

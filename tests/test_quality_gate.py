@@ -187,24 +187,31 @@ class TrackerThatLosesEverything:
 
 class TrackerThatDoubtsEverything:
     """The real tracker's tracks, every foreground track called hidden after frame 0 (where the depth map shows it:
-    the `hidden_frames` flag), and each further draw (`redrawn()`) `redraw_shift` px further right after frame 0."""
+    the `hidden_frames` flag); a second draw (`redrawn().draw(..., first=)`) leaves them `redraw_shift` px right of the first's after frame 0."""
 
-    def __init__(self, tracker, redraw_shift: float, shift: float = 0.0):
+    def __init__(self, tracker, redraw_shift: float):
         self.tracker, self.name, self.version = tracker, tracker.name, tracker.version
-        self.redraw_shift, self.shift = redraw_shift, shift
+        self.redraw_shift = redraw_shift
 
     def setup(self):
         self.tracker.setup()
 
     def redrawn(self):
-        return TrackerThatDoubtsEverything(self.tracker, self.redraw_shift, self.shift + self.redraw_shift)
+        return self
 
     def track(self, frames, depth, queries, labels, intrinsics):
-        tracks, visibility = self.tracker.track(frames, depth, queries, labels=labels, intrinsics=intrinsics)
+        draw = self.draw(frames, depth, queries, labels, intrinsics)
+        return draw.tracks, draw.visibility
+
+    def draw(self, frames, depth, queries, labels, intrinsics, first=None, objects=()):
+        if first is not None:
+            tracks = first.tracks.copy()
+            tracks[1:, :, 0] += self.redraw_shift
+            return first._replace(tracks=tracks)
+        draw = self.tracker.draw(frames, depth, queries, labels=labels, intrinsics=intrinsics)
         foreground = labels[queries[:, 1].astype(int), queries[:, 0].astype(int)] > 0
-        visibility[8:, foreground] = False  # hidden for the second half of the clip (the stage's no_visible_track needs the first)
-        tracks[1:, :, 0] += self.shift
-        return tracks, visibility
+        draw.visibility[8:, foreground] = False  # hidden for the second half of the clip (the stage's no_visible_track needs the first)
+        return draw
 
 
 @pytest.mark.parametrize("redraw_shift", [7.0, 2.0])

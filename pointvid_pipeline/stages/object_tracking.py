@@ -51,14 +51,17 @@ here: objects over 8 px off at their last frame in view shipped past the quality
 - four more RANSAC draws for each weak re-anchoring fit: 1 lost object shipped in a default draw, 5 held-out.
 The draws decide which fragile bodies (a block landing, a plain ball rolling) fail; none of these beat that noise.
 
-Time (one core, 448x256x16, ~0.5 s a clip on the 14 default scenes): the DIS flows are about half of it, the pose
-fits (RANSAC + Kabsch) about 13%. Rows are gathered with np.take / np.compress, 3-5x faster than fancy or
+Time (one core, 448x256x16, ~0.58 s a clip on the 14 default scenes; shares from line_profiler): the DIS flows are
+46 % of it (prediction 18 %, re-anchoring in the object boxes 17 %, the background's 10 %), the pose fits (RANSAC +
+Kabsch) about a fifth, the depth refinement 8 %. The quality gate's second draw of the objects it doubts
+(`draw(first=, objects=)`, one object on 4 of the 14 clips) takes ~0.23 s on such a clip, against ~0.59 s for the
+first draw. Rows are gathered with np.take / np.compress, 3-5x faster than fancy or
 boolean indexing on these (N, 2) and (N, 3) arrays.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
@@ -203,6 +206,14 @@ def grown(rows: slice, cols: slice, margin: int, shape: tuple[int, int]) -> tupl
     )
 
 
+class Draw(NamedTuple):
+    """One run of `RigidObjectTracker.draw`: (T, N, 3) tracks, (T, N) visibility, and per frame each body's pose."""
+
+    tracks: np.ndarray
+    visibility: np.ndarray
+    poses: list[dict[int, np.ndarray]]
+
+
 class ObjectCrop(NamedTuple):
     """Object k's pixels of a label map as a bool `mask` over `box` (rows, cols) of the frame."""
 
@@ -279,7 +290,10 @@ class RigidObjectTracker:
     name = "rigid-se3-dis"
     version = f"6-opencv{cv2.__version__}"
 
-    preset: str = "fine"  # frame-to-frame flow that predicts each pose (objects fall up to ~20 px/frame)
+    # Frame-to-frame flow that predicts each pose (objects fall up to ~20 px/frame). Its patch stride 6 instead of 4 together
+    # with samples_per_body 1000 tracked a clip 12 % faster, but on the default scenes (tracker seeds 0-3) objects failed
+    # 4/3/2/3 -> 5/2/6/3 and a lost one shipped in one draw (0 before).
+    preset: str = "fine"
     anchor_preset: str = "fine"  # flow from warped frame 0 to frame t: residual motion is small, full-resolution patches place it best
     samples_per_body: int = 1500  # matches per re-anchoring fit; more costs time, not accuracy
     prediction_samples: int = 500  # matches per prediction fit: it only has to land within the flow's reach
@@ -294,7 +308,9 @@ class RigidObjectTracker:
     predict_margin: int = 48  # px around an object's box for the first prediction flow: its motion plus DIS context
     guided_margin: int = 32  # the same once the flow starts from the last motion, which leaves less to find
     anchor_margin: int = 32  # px around an object's box for the re-anchoring flow (16 loses accuracy)
-    background_scale: int = 2  # the background's re-anchoring flow runs on frames downscaled by this
+    # The background's re-anchoring flow runs on frames downscaled by this. 4 tracks a clip 14 % faster, but on the default
+    # scenes (tracker seeds 0-2) objects failed 4/3/2 -> 4/5/5 and lost ones shipped 0/0/0 -> 0/1/1.
+    background_scale: int = 2
     depth_abs_tol: float = 0.01  # metres, depth test of visibility and of frame-0 consistency
     depth_rel_tol: float = 0.02  # fraction of depth
     min_rigid_fraction: float = 0.25  # an object whose fits explain less than this is tracked per point
@@ -328,6 +344,20 @@ class RigidObjectTracker:
         instances (0 = background), intrinsics (T,3,3) K of every frame (or one (3,3) K) -> tracks (T,N,3) (u,v,z)
         float32, visibility (T,N) bool. Frame t's pixels are lifted and poses projected with frame t's K, so a
         zoom is not mistaken for motion."""
+        draw = self.draw(frames, depth, queries, labels, intrinsics)
+        return draw.tracks, draw.visibility
+
+    def draw(
+        self, frames: np.ndarray, depth: np.ndarray, queries: np.ndarray, labels: np.ndarray, intrinsics: np.ndarray,
+        first: Draw | None = None, objects: Collection[int] = (),
+    ) -> Draw:  # fmt: skip
+        """`track`'s result with the poses behind it. Given `first` (a draw of the same clip), only `objects` are
+        tracked again and every other body is held at `first`'s poses: the quality gate's second opinion on the
+        objects it doubts (quality_gate.draw_disagreement) needs no background flow nor any other body's flows and fits.
+        Such a draw's tracks and visibility are those of `objects` only. Against tracking the whole clip again, on 299
+        objects redrawn over 15 draws of the default and four 56-scene sets: 64 against 67 agree within 3 px, 149 against
+        139 end over 8 px apart; the gate then ships 19 lost objects and removes 70 good ones either way (per set, lost
+        shipped: held-out 4 -> 3, +9000 set 9 -> 10, the others unchanged)."""
         frames, depth, labels = np.asarray(frames), np.asarray(depth), np.asarray(labels)  # plain arrays: indexing stage files' memmaps costs ~25 ms a clip
         count, height, width = frames.shape[:3]
         intrinsics = per_frame_intrinsics(intrinsics, count)
@@ -342,10 +372,12 @@ class RigidObjectTracker:
         surface0 = unproject(np.column_stack([pixels, depth[0].ravel()]), intrinsics[0])  # frame-0 3D of every pixel
         flat_labels = labels.ravel()
         bodies = [int(k) for k in np.unique(labels)]
-        objects = [k for k in bodies if k > 0]
-        body_points = {k: self._subsample(surface0[flat_labels == k], rng) for k in bodies}
-        object_points = {k: surface0[flat_labels == k] for k in objects}
-        body_grey = {k: sample_nearest(gray[0], project(body_points[k], intrinsics[0])) for k in objects}  # frame-0 shade of each sampled point
+        all_objects = [k for k in bodies if k > 0]
+        fitted = bodies if first is None else [k for k in all_objects if k in objects]  # the bodies this draw fits
+        moving = [k for k in fitted if k > 0]  # the objects among them
+        body_points = {k: self._subsample(surface0[flat_labels == k], rng) for k in fitted}
+        object_points = {k: surface0[flat_labels == k] for k in all_objects}
+        body_grey = {k: sample_nearest(gray[0], project(body_points[k], intrinsics[0])) for k in moving}  # frame-0 shade of each sampled point
         poses = {k: np.eye(4) for k in bodies}
         inlier_fractions: dict[int, list[float]] = {k: [] for k in bodies}
         supported = np.ones((count, len(bodies)), bool)  # (frame, body): the frames agree with the body's pose
@@ -362,21 +394,23 @@ class RigidObjectTracker:
         boxes_before = ndimage.find_objects(labels)  # their bounding boxes (None: object k absent), found once per label map
         scaled_before = homogeneous * depth[0][..., None]  # (u z, v z, z) of every pixel at t-1, computed once per frame
         for t in range(1, count):
-            if 0 in poses:
+            if 0 in fitted:
                 poses[0] = extrapolate(poses_per_frame[max(t - 2, 0)][0], poses[0])
-            velocities = {k: poses[k] @ np.linalg.inv(poses_per_frame[max(t - 2, 0)][k]) for k in objects}
+            velocities = {k: poses[k] @ np.linalg.inv(poses_per_frame[max(t - 2, 0)][k]) for k in moving}
             margin = self.predict_margin if t == 1 else self.guided_margin
             boxes = []
-            for k in objects:  # the box spans where the body was and where its last motion takes it
+            for k in moving:  # the box spans where the body was and where its last motion takes it
                 start = project(transform(poses[k], body_points[k][: self.prediction_samples]), intrinsics[t - 1])
                 end = project(transform(velocities[k] @ poses[k], body_points[k][: self.prediction_samples]), intrinsics[t])
                 if inside_frame(start, width, height).any() or inside_frame(end, width, height).any():
                     boxes.append(self._box(np.vstack([start, end]), margin, shape))
             guess = self._motion_guess(velocities, label_before, boxes_before, scaled_before, homogeneous, intrinsics[t - 1], intrinsics[t])
             flow = flow_in_boxes(predict_flow, gray[t - 1], gray[t], boxes, guess)
-            for k in objects:
+            for k in moving:
                 silhouette = object_pixels(label_before, boxes_before, k)
                 poses[k] = self._predict(poses[k], silhouette, flow, depth[t - 1], depth[t], pixels, intrinsics[t - 1], intrinsics[t], rng)
+            if first is not None:
+                poses.update((k, first.poses[t][k]) for k in bodies if k not in fitted)
 
             label_t = label_before = splat_objects(object_points, poses, intrinsics[t], shape)
             boxes_t = boxes_before = ndimage.find_objects(label_t)
@@ -384,14 +418,14 @@ class RigidObjectTracker:
             source = self._frame0_pixels(poses, label_t, boxes_t, scaled_t, intrinsics[0], intrinsics[t])
             warped = cv2.remap(gray[0], dehomogenised(source), None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
             photometric = cv2.absdiff(warped, gray[t])
-            flow = self._background_flow(background_flow, warped, gray[t])
-            boxes = [grown(*box, self.anchor_margin, shape) for box in boxes_t if box is not None]
+            flow = self._background_flow(background_flow, warped, gray[t]) if 0 in fitted else np.zeros(shape + (2,), np.float32)
+            boxes = [grown(*boxes_t[k - 1], self.anchor_margin, shape) for k in moving if k <= len(boxes_t) and boxes_t[k - 1] is not None]
             flow = flow_in_boxes(anchor_flow, warped, gray[t], boxes, flow)
-            for k in objects:  # where the warp put each point, moved on by the flow: non-rigid fallback
+            for k in moving:  # where the warp put each point, moved on by the flow: non-rigid fallback
                 on_body = query_labels == k
                 guess = np.clip(project(transform(poses[k], query_points[on_body]), intrinsics[t])[:, :2], 0, upper)
                 flow_positions[t, on_body] = guess + sample_bilinear(flow, guess)
-            fits = self._anchor(poses, label_t, boxes_t, source, flow, depth[0], depth[t], labels, pixels, intrinsics[0], intrinsics[t], rng)
+            fits = self._anchor({k: poses[k] for k in fitted}, label_t, boxes_t, source, flow, depth[0], depth[t], labels, pixels, intrinsics[0], intrinsics[t], rng)
             for k, (pose, fraction) in fits.items():
                 if k > 0 and fraction < self.trusted_support:
                     pose = self._refine_on_depth(pose, body_points[k], body_grey[k], depth[t], gray[t], intrinsics[t])
@@ -409,7 +443,7 @@ class RigidObjectTracker:
             for k in bodies:
                 on_body = query_labels == k
                 tracks[t, on_body] = project(transform(frame_poses[k], query_points[on_body]), intrinsics[t])
-        for k in objects:
+        for k in moving:
             if inlier_fractions[k] and np.median(inlier_fractions[k]) < self.min_rigid_fraction:
                 on_body = query_labels == k
                 tracks[:, on_body, :2] = flow_positions[:, on_body]
@@ -423,7 +457,7 @@ class RigidObjectTracker:
         visible = np.stack([inside[t] & depth_agrees(depth[t], tracks[t], self.depth_abs_tol, self.depth_rel_tol) for t in range(count)])
         visible &= supported[:, np.searchsorted(bodies, query_labels)]  # a pose the images do not support is a guess
         visible[0] = True
-        return tracks, visible
+        return Draw(tracks, visible, poses_per_frame)
 
     def _refine_on_depth(self, pose: np.ndarray, points: np.ndarray, grey: np.ndarray, depth_t: np.ndarray, gray_t: np.ndarray, k_t: np.ndarray) -> np.ndarray:
         """The pose refined on frame t's depth (`refine_pose_on_depth`) if more of the body's sampled frame-0
@@ -467,7 +501,7 @@ class RigidObjectTracker:
         guess = np.zeros(label_now.shape + (2,), np.float32)
         inverse_k = np.linalg.inv(k_before)
         for k, box in enumerate(boxes_now, start=1):
-            if box is None:
+            if box is None or k not in velocities:
                 continue
             velocity = velocities[k]
             matrix = np.hstack([k_after @ velocity[:3, :3] @ inverse_k, k_after @ velocity[:3, 3:]]).astype(np.float32)

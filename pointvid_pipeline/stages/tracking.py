@@ -33,7 +33,10 @@ class PointTracker(Protocol):
         """
 
     # Optional, for trackers whose result depends on random draws: `redrawn()` returns the same tracker with other
-    # draws, which the tracks_3d stage runs again on a clip whose objects the quality gate doubts (quality_gate.needs_redraw).
+    # draws, and `draw(frames, depth, queries, labels, intrinsics, first=None, objects=())` returns what `track` does
+    # (.tracks, .visibility) plus what a second draw needs; the tracks_3d stage calls it instead of `track`, then on a
+    # clip whose objects the quality gate doubts (quality_gate.needs_redraw) `redrawn().draw(..., first=, objects=)`
+    # tracks those objects again (see RigidObjectTracker.draw).
 
 
 def dis_flow(preset: str) -> cv2.DISOpticalFlow:
