@@ -288,7 +288,7 @@ class RigidObjectTracker:
     """Tracks query points as rigid bodies (one per reference-mask instance, background included)."""
 
     name = "rigid-se3-dis"
-    version = f"6-opencv{cv2.__version__}"
+    version = f"7-opencv{cv2.__version__}"  # 7: tracks as 6; the second draw (draw(first=, objects=)) re-fits only the doubted objects
 
     # Frame-to-frame flow that predicts each pose (objects fall up to ~20 px/frame). Its patch stride 6 instead of 4 together
     # with samples_per_body 1000 tracked a clip 12 % faster, but on the default scenes (tracker seeds 0-3) objects failed
