@@ -239,8 +239,11 @@ def _tracks_3d(sample: Sample, settings: PipelineSettings, backends: StageBacken
     labels = sample.arrays("reference_masks")["labels"]
     inputs = (sample.clip.frames, sample.arrays("depth")["depth"], queries.astype(np.float32))
     redraws = settings.gate_redraw and hasattr(tracker, "redrawn")
-    first = tracker.draw(*inputs, labels=labels, intrinsics=sample.clip.frame_intrinsics) if redraws else None
-    tracks, visibility = (first.tracks, first.visibility) if redraws else tracker.track(*inputs, labels=labels, intrinsics=sample.clip.frame_intrinsics)
+    if redraws:  # the draw's poses let a second draw re-fit only the objects the gate doubts
+        first = tracker.draw(*inputs, labels=labels, intrinsics=sample.clip.frame_intrinsics)
+        tracks, visibility = first.tracks, first.visibility
+    else:
+        tracks, visibility = tracker.track(*inputs, labels=labels, intrinsics=sample.clip.frame_intrinsics)
     on_fg = labels[queries[:, 1], queries[:, 0]] > 0
     fg_visible = visibility[:, on_fg].mean(axis=0) >= MIN_VISIBLE_FRACTION
     if not fg_visible.any():
