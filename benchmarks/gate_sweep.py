@@ -20,7 +20,7 @@ import numpy as np
 
 from pointvid_pipeline.evaluation.point_map_accuracy import LOST_OBJECT_PX
 from pointvid_pipeline.evaluation.track_errors import object_last_seen_errors
-from pointvid_pipeline.stages.quality_gate import GATE_THRESHOLDS, GateThresholds, lost_objects, object_signals, redraw_signals
+from pointvid_pipeline.stages.quality_gate import GATE_THRESHOLDS, GateThresholds, gate_signals, lost_objects
 from pointvid_pipeline.storage.stage_store import StageStore
 
 GRID = {
@@ -32,13 +32,18 @@ GRID = {
 }
 
 
+def second_draws(store: StageStore, partition: str) -> dict[str, dict[str, list[float]]]:
+    """Sample key -> the tracks_3d stage's `redraw_disagreement_px` (empty: nothing redrawn)."""
+    return {key: meta.get("redraw_disagreement_px", {}) for key, meta in store.read_index("tracks_3d", partition).accepted.items()}
+
+
 def objects(data_dir: Path) -> list[dict]:
     """Every object of every sample that reached the smoothed_tracks stage: signals and failure."""
     store = StageStore(data_dir / "stages")
     out = []
     for index_path in sorted((data_dir / "stages" / "smoothed_tracks").glob("*/_index.json")):
         partition = index_path.parent.name
-        redraws = {key: meta.get("redraw_disagreement_px", {}) for key, meta in store.read_index("tracks_3d", partition).accepted.items()}
+        redraws = second_draws(store, partition)
         for key in store.read_index("smoothed_tracks", partition).accepted:
             clip = store.read_arrays("clips", partition, key)
             queries = store.read_arrays("query_points", partition, key)["queries"]
@@ -46,9 +51,8 @@ def objects(data_dir: Path) -> list[dict]:
             labels = store.read_arrays("reference_masks", partition, key)["labels"][v, u]
             tracks = np.asarray(store.read_arrays("smoothed_tracks", partition, key)["tracks"])
             visibility = np.asarray(store.read_arrays("tracks_3d", partition, key)["visibility"])
-            signals = object_signals(clip["frames"], store.read_arrays("depth", partition, key)["depth"], tracks, visibility, labels, queries)
-            for object_id, values in signals.items():  # the second draw exists for the objects the run's thresholds asked about
-                values.update(redraw_signals(redraws[key].get(str(object_id))))
+            # the second draw exists for the objects the run's thresholds asked about
+            signals = gate_signals(clip["frames"], store.read_arrays("depth", partition, key)["depth"], tracks, visibility, labels, queries, redraws[key])
             errors = object_last_seen_errors(tracks, labels, clip["truth_track_uvd"][:, v, u], clip["truth_track_visible"][:, v, u])
             out += [{"key": key, "object_id": object_id, "failed": errors[object_id] > LOST_OBJECT_PX, "signals": values} for object_id, values in signals.items()]
     return out

@@ -29,7 +29,7 @@ import json  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from gate_sweep import precision_recall  # noqa: E402
+from gate_sweep import precision_recall, second_draws  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from pointvid_pipeline.backends.registry import lazy_backends  # noqa: E402
@@ -81,7 +81,7 @@ def gate_outcomes(settings: PipelineSettings) -> list[dict]:
     outcomes = []
     for partition in partition_rows(settings):
         index = store.read_index("point_maps", partition)
-        redraws = {key: meta.get("redraw_disagreement_px", {}) for key, meta in store.read_index("tracks_3d", partition).accepted.items()}
+        redraws = second_draws(store, partition)
         removed_by_key = {key: {g["object_id"] for g in meta.get("gate", {}).get("removed", [])} for key, meta in index.accepted.items()}
         rejected = {row["key"] for row in index.rejected if row["reason"] == "track_failure"}
         for key in list(index.accepted) + sorted(rejected):

@@ -26,7 +26,7 @@ from pointvid_pipeline.settings import GENERATED_SCENES, PipelineSettings
 from pointvid_pipeline.stages.depth import RendererDepth
 from pointvid_pipeline.stages.object_prompts import objects_for_caption
 from pointvid_pipeline.stages.point_maps import densify_point_map
-from pointvid_pipeline.stages.quality_gate import draw_disagreement, lost_objects, needs_redraw, object_signals, redraw_signals, thresholds_json
+from pointvid_pipeline.stages.quality_gate import draw_disagreement, gate_signals, lost_objects, needs_redraw, object_signals, thresholds_json
 from pointvid_pipeline.stages.query_points import sample_query_points, sample_seed
 from pointvid_pipeline.stages.reference_masks import ReferenceSegmenter, RendererMasks, check_reference_mask
 from pointvid_pipeline.stages.shards import write_partition_shard
@@ -244,27 +244,30 @@ def _tracks_3d(sample: Sample, settings: PipelineSettings, backends: StageBacken
         tracks, visibility = first.tracks, first.visibility
     else:
         tracks, visibility = tracker.track(*inputs, labels=labels, intrinsics=sample.clip.frame_intrinsics)
-    on_fg = labels[queries[:, 1], queries[:, 0]] > 0
+    query_labels = labels[queries[:, 1], queries[:, 0]]
+    on_fg = query_labels > 0
     fg_visible = visibility[:, on_fg].mean(axis=0) >= MIN_VISIBLE_FRACTION
     if not fg_visible.any():
         raise SampleRejected(RejectionReason.no_visible_track, f"none of {int(on_fg.sum())} foreground tracks is visible in half the frames")
     stats = {"visible_fraction": float(visibility.mean()), "foreground_tracks_visible": float(fg_visible.mean())}
     meta = _with_stats({"backends": {"tracks_3d": _backend_tag(tracker)}}, "tracks_3d", stats)
     if redraws:
-        meta["redraw_disagreement_px"] = _redraw_disagreement(tracker, sample, first, queries, labels)
+        meta["redraw_disagreement_px"] = _redraw_disagreement(tracker, inputs, first, queries, labels, query_labels, sample.clip.frame_intrinsics)
     return {"tracks": tracks.astype(np.float32), "visibility": visibility}, meta
 
 
-def _redraw_disagreement(tracker, sample: Sample, first, queries: np.ndarray, labels: np.ndarray) -> dict[str, list[float]]:
+def _redraw_disagreement(
+    tracker, inputs: tuple, first, queries: np.ndarray, labels: np.ndarray, query_labels: np.ndarray, intrinsics: np.ndarray
+) -> dict[str, list[float]]:
     """The quality gate's second opinion: object id -> how far apart, per frame 1..T-1, the tracker's other draws
     leave each object a second draw can judge (`quality_gate.needs_redraw`, on `first`'s raw tracks). Only those
-    objects are tracked again, every other body held where `first` put it (`RigidObjectTracker.draw`)."""
-    depth = sample.arrays("depth")["depth"]
-    query_labels = labels[queries[:, 1], queries[:, 0]]
-    doubted = needs_redraw(object_signals(sample.clip.frames, depth, first.tracks, first.visibility, query_labels, queries))
+    objects are tracked again, every other body held where `first` put it (`RigidObjectTracker.draw`).
+    `inputs`: the (frames, depth, float32 queries) `first` was drawn from."""
+    frames, depth, _ = inputs
+    doubted = needs_redraw(object_signals(frames, depth, first.tracks, first.visibility, query_labels, queries))
     if not doubted:
         return {}
-    second = tracker.redrawn().draw(sample.clip.frames, depth, queries.astype(np.float32), labels=labels, intrinsics=sample.clip.frame_intrinsics, first=first, objects=doubted)
+    second = tracker.redrawn().draw(*inputs, labels=labels, intrinsics=intrinsics, first=first, objects=doubted)
     return {str(k): v for k, v in draw_disagreement(first.tracks, second.tracks, query_labels, doubted).items()}
 
 
@@ -292,10 +295,7 @@ def _point_maps(sample: Sample, settings: PipelineSettings, backends: StageBacke
     except ValueError as exc:
         raise SampleRejected(RejectionReason.no_visible_track, str(exc)) from exc
     uvd, valid = point_map.uvd, point_map.valid
-    signals = object_signals(sample.clip.frames, depth, smoothed, visibility, labels[queries[:, 1], queries[:, 0]], queries)
-    redraw = sample.meta.get("redraw_disagreement_px", {})
-    for object_id, values in signals.items():
-        values.update(redraw_signals(redraw.get(str(object_id))))
+    signals = gate_signals(sample.clip.frames, depth, smoothed, visibility, labels[queries[:, 1], queries[:, 0]], queries, sample.meta.get("redraw_disagreement_px", {}))
     lost = lost_objects(signals)
     objects = sample.meta["objects"]
     removed = [{"object_id": object_id, "object": objects[object_id - 1] if object_id <= len(objects) else "", "reasons": reasons, "pixels": int((valid & (labels == object_id)).sum())} for object_id, reasons in lost.items()]

@@ -10,7 +10,7 @@ from pointvid_pipeline.evaluation.track_errors import object_last_seen_errors, o
 from pointvid_pipeline.pipeline import STAGES, partition_rows, run_stage
 from pointvid_pipeline.settings import PipelineSettings
 from pointvid_pipeline.stages.object_tracking import RigidObjectTracker
-from pointvid_pipeline.stages.quality_gate import FLOATING_RADIUS, GATE_THRESHOLDS, GateThresholds, draw_disagreement, lost_objects, needs_redraw, object_signals, redraw_signals
+from pointvid_pipeline.stages.quality_gate import FLOATING_RADIUS, GATE_THRESHOLDS, GateThresholds, draw_disagreement, gate_signals, lost_objects, needs_redraw, object_signals, redraw_signals
 from pointvid_pipeline.storage.stage_store import StageStore
 
 FRAMES, HEIGHT, WIDTH = 6, 30, 40
@@ -150,6 +150,8 @@ def test_a_second_draw_that_reproduces_the_tracks_overrules_the_tracker_confiden
     signals = object_signals(frames, depth, tracks, visible, labels, queries)
     assert lost_objects(signals) == {2: ["hidden_frames"]} and needs_redraw(signals) == [2]
     signals[2].update(redraw_signals(disagreement[2]))
+    gated = gate_signals(frames, depth, tracks, visible, labels, queries, {"2": disagreement[2]})  # what the stage gates on
+    assert repr(gated[2]) == repr(signals[2]) and np.isnan(gated[1]["redraw_disagreement"])  # (repr: NaN != NaN); object 1 not redrawn
     assert lost_objects(signals) == {}  # both draws leave it in the same place: its pose came from the images, not luck
     signals[2]["redraw_disagreement"] = 3.5
     assert lost_objects(signals) == {2: ["hidden_frames"]}  # the draws disagree: a fragile fit, removed

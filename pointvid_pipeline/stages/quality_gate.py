@@ -278,6 +278,18 @@ def draw_disagreement(tracks: np.ndarray, redrawn: np.ndarray, query_labels: np.
     return {int(k): np.median(distance[:, query_labels == k], axis=1).tolist() for k in objects}
 
 
+def gate_signals(
+    frames: np.ndarray, depth: np.ndarray, tracks_uvd: np.ndarray, visibility: np.ndarray, query_labels: np.ndarray, query_uv: np.ndarray,
+    redraw_disagreement_px: dict[str, list[float]],
+) -> dict[int, dict[str, float]]:  # fmt: skip
+    """What the gate judges each object on: its `object_signals` and the second draw's (`redraw_signals`) from the
+    tracks_3d stage's `redraw_disagreement_px` (object id as a string -> per-frame distance; objects not redrawn absent)."""
+    signals = object_signals(frames, depth, tracks_uvd, visibility, query_labels, query_uv)
+    for object_id, values in signals.items():
+        values.update(redraw_signals(redraw_disagreement_px.get(str(object_id))))
+    return signals
+
+
 def redraw_signals(per_frame: list[float] | None) -> dict[str, float]:
     """The gate's two signals from one object's `draw_disagreement` (None: not redrawn, NaN)."""
     if not per_frame:
